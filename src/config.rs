@@ -1,0 +1,316 @@
+//! Configuration: every setting is a flag and an environment variable of the same name, parsed and
+//! validated once at start-up. Derived values are methods, so no caller repeats the arithmetic.
+
+use std::{net::IpAddr, process::ExitCode, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
+use reqwest::Url;
+use secrecy::SecretString;
+
+/// Which upstream answers the questions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    /// The built-in offline demo model.
+    Demo,
+    /// Any OpenAI-compatible Chat Completions API.
+    #[value(name = "openai")]
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable by a person.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "llm-stream",
+    version,
+    about = "Streams a language model's answer to the browser over Server-Sent Events."
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:4001")]
+    pub listen_addr: String,
+
+    /// Upstream provider [default: demo, or openai when LLM_BASE_URL or LLM_API_KEY is set].
+    #[arg(long, env = "LLM_PROVIDER", value_enum)]
+    pub llm_provider: Option<ProviderKind>,
+
+    /// Base URL of the upstream API [default: https://api.openai.com/v1, or https://api.anthropic.com/v1 for anthropic].
+    #[arg(long, env = "LLM_BASE_URL", value_parser = parse_base_url)]
+    pub llm_base_url: Option<Url>,
+
+    /// API key of the upstream (never logged).
+    #[arg(long, env = "LLM_API_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub llm_api_key: Option<SecretString>,
+
+    /// Model name sent upstream.
+    #[arg(long, env = "LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub llm_model: String,
+
+    /// Most tokens the model may generate for one answer.
+    #[arg(long, env = "LLM_MAX_TOKENS", default_value_t = 800, value_parser = clap::value_parser!(u32).range(1..))]
+    pub llm_max_tokens: u32,
+
+    /// Sampling temperature, 0 to 2.
+    #[arg(long, env = "LLM_TEMPERATURE", default_value_t = 0.3, value_parser = parse_temperature)]
+    pub llm_temperature: f32,
+
+    /// System prompt sent before the question.
+    #[arg(
+        long,
+        env = "LLM_SYSTEM_PROMPT",
+        default_value = "You are a helpful technical assistant. Be concise and accurate."
+    )]
+    pub llm_system_prompt: String,
+
+    /// Attempts after a failed upstream call, made only before the first token reaches the client.
+    #[arg(long, env = "LLM_RETRIES", default_value_t = 2)]
+    pub llm_retries: u32,
+
+    /// Longest question, in characters.
+    #[arg(long, env = "MAX_QUERY_CHARS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_query_chars: u32,
+
+    /// The whole answer's time budget, in seconds.
+    #[arg(long, env = "STREAM_TIMEOUT_SECS", default_value_t = 60.0, value_parser = parse_secs)]
+    pub stream_timeout_secs: f64,
+
+    /// Time allowed to connect to the upstream, in seconds.
+    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT_SECS", default_value_t = 10.0, value_parser = parse_secs)]
+    pub upstream_connect_timeout_secs: f64,
+
+    /// No byte from the upstream for this long ends the stream, in seconds.
+    #[arg(long, env = "UPSTREAM_IDLE_TIMEOUT_SECS", default_value_t = 30.0, value_parser = parse_secs)]
+    pub upstream_idle_timeout_secs: f64,
+
+    /// Seconds between keep-alive comments while nothing else is sent (15: under nginx's default 60 s read timeout).
+    #[arg(long, env = "KEEPALIVE_SECS", default_value_t = 15.0, value_parser = parse_secs)]
+    pub keepalive_secs: f64,
+
+    /// On SIGTERM/SIGINT, seconds that running streams may take to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30.0, value_parser = parse_secs_or_zero)]
+    pub shutdown_grace_secs: f64,
+
+    /// Milliseconds between the demo model's tokens.
+    #[arg(long, env = "DEMO_TOKEN_MS", default_value_t = 30)]
+    pub demo_token_ms: u64,
+
+    /// New streams one client may start per minute (0 turns rate limiting off).
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 10)]
+    pub rate_limit_per_minute: u32,
+
+    /// Streams one client may start at once before the per-minute rate applies [default: the per-minute figure].
+    #[arg(long, env = "RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+
+    /// Open streams one client may hold at once.
+    #[arg(long, env = "MAX_STREAMS_PER_CLIENT", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_client: u32,
+
+    /// Open streams the whole server may hold at once.
+    #[arg(long, env = "MAX_STREAMS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
+
+    /// Proxies whose X-Real-IP / X-Forwarded-For are believed (comma-separated CIDRs).
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "127.0.0.1/32,::1/128", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Origins whose pages may call the API from the browser (comma-separated; same-origin only when empty).
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Serve /metrics on this separate address instead of the main listener.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+}
+
+/// Why start-up stopped before the server ran.
+#[derive(Debug)]
+pub enum ConfigExit {
+    /// `--help` or `--version` was asked for: print it and exit successfully.
+    Info(clap::Error),
+    /// A setting is wrong: one line that names it.
+    Invalid(String),
+}
+
+impl ConfigExit {
+    /// Prints what start-up stopped for and gives the process's exit code.
+    pub fn report(self) -> ExitCode {
+        match self {
+            Self::Info(info) => {
+                let _ = info.print();
+                ExitCode::SUCCESS
+            }
+            Self::Invalid(line) => {
+                eprintln!("llm-stream: invalid configuration: {line}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads `.env` when present, then the flags and the environment, then validates.
+    pub fn load() -> Result<Self, ConfigExit> {
+        let _ = dotenvy::dotenv();
+        Self::from_args(std::env::args_os())
+    }
+
+    /// Parses and validates the given arguments (and the environment).
+    pub fn from_args<I, T>(args: I) -> Result<Self, ConfigExit>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let config = Self::try_parse_from(args).map_err(|error| match error.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                ConfigExit::Info(error)
+            }
+            _ => ConfigExit::Invalid(first_line(&error.render().to_string())),
+        })?;
+        config.validate().map_err(ConfigExit::Invalid)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.provider() != ProviderKind::Demo && self.llm_api_key.is_none() {
+            return Err(format!(
+                "LLM_API_KEY is required when LLM_PROVIDER is {} (set any value for a local server that needs none)",
+                self.provider()
+                    .to_possible_value()
+                    .map_or("?".into(), |v| v.get_name().to_owned())
+            ));
+        }
+        if let Some(origin) = self.cors_allowed_origins.iter().find(|o| o.trim() == "*") {
+            return Err(format!(
+                "CORS_ALLOWED_ORIGINS must name sites, not {origin:?}: an open endpoint lets any page spend the model budget"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The provider in force: the explicit one, else openai when an upstream is configured, else demo.
+    pub fn provider(&self) -> ProviderKind {
+        self.llm_provider.unwrap_or(
+            if self.llm_base_url.is_some() || self.llm_api_key.is_some() {
+                ProviderKind::OpenAi
+            } else {
+                ProviderKind::Demo
+            },
+        )
+    }
+
+    /// The upstream's base URL, defaulting per provider.
+    pub fn base_url(&self) -> Url {
+        let default = match self.provider() {
+            ProviderKind::Anthropic => "https://api.anthropic.com/v1",
+            _ => "https://api.openai.com/v1",
+        };
+        self.llm_base_url.clone().unwrap_or_else(|| {
+            parse_base_url(default).unwrap_or_else(|_| unreachable!("valid default URL"))
+        })
+    }
+
+    pub fn stream_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.stream_timeout_secs)
+    }
+
+    pub fn upstream_connect_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.upstream_connect_timeout_secs)
+    }
+
+    pub fn upstream_idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.upstream_idle_timeout_secs)
+    }
+
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs_f64(self.keepalive_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace_secs)
+    }
+
+    pub fn demo_token_interval(&self) -> Duration {
+        Duration::from_millis(self.demo_token_ms)
+    }
+
+    /// The burst in force: the explicit one, else the per-minute figure.
+    pub fn rate_limit_burst(&self) -> u32 {
+        self.rate_limit_burst.unwrap_or(self.rate_limit_per_minute)
+    }
+
+    /// Whether a peer address belongs to a trusted proxy.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or(text)
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
+fn parse_base_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must start with http:// or https://".into());
+    }
+    // A trailing slash makes `join` keep the last path segment (`…/v1/` + `chat/completions`).
+    let mut url = url;
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
+}
+
+fn parse_secret(text: &str) -> Result<SecretString, String> {
+    if text.trim().is_empty() {
+        return Err("must not be blank".into());
+    }
+    Ok(SecretString::from(text.to_owned()))
+}
+
+fn parse_temperature(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(t) if (0.0..=2.0).contains(&t) => Ok(t),
+        _ => Err("must be a number from 0 to 2".into()),
+    }
+}
+
+fn parse_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(s),
+        _ => Err("must be a number of seconds above 0 and at most 86400".into()),
+    }
+}
+
+fn parse_secs_or_zero(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(s),
+        _ => Err("must be a number of seconds from 0 to 86400".into()),
+    }
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or CIDR"))
+}

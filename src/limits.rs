@@ -1,0 +1,375 @@
+//! Who the client is (trusted proxies, IPv6 /64 grouping), how many streams it may start (a keyed
+//! GCRA rate limiter from `governor`), and how many it may hold open (stream slots).
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+    num::NonZeroU32,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use actix_web::{
+    Error, HttpRequest,
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    http::header::{HeaderName, HeaderValue},
+    middleware::Next,
+    web,
+};
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, DefaultClock, Reference},
+    middleware::StateInformationMiddleware,
+    nanos::Nanos,
+    state::{
+        StateStore,
+        keyed::{DashMapStateStore, ShrinkableKeyedStateStore},
+    },
+};
+
+use crate::{config::Config, error::Refusal};
+
+/// A client as the limits see it: one IPv4 address, or one IPv6 /64 (a subscriber commonly holds a whole /64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId(IpAddr);
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V6(ip) => write!(f, "{ip}/64"),
+            IpAddr::V4(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+impl ClientId {
+    fn from_ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1_u128 << 64) - 1);
+                    Self(IpAddr::V6(Ipv6Addr::from(prefix)))
+                }
+            },
+            v4 => Self(v4),
+        }
+    }
+
+    /// The TCP peer, unless the peer is a trusted proxy: then `X-Real-IP`, else the rightmost
+    /// `X-Forwarded-For` address that is not itself a trusted proxy. Nobody else can choose who they are.
+    pub fn of(request: &HttpRequest, config: &Config) -> Self {
+        let Some(peer) = request.peer_addr().map(|addr| addr.ip()) else {
+            return Self::from_ip(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        };
+        if !config.is_trusted_proxy(peer) {
+            return Self::from_ip(peer);
+        }
+        let headers = request.headers();
+        let real_ip = headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        let forwarded = || {
+            headers
+                .get_all("x-forwarded-for")
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .find(|ip| !config.is_trusted_proxy(*ip))
+        };
+        Self::from_ip(real_ip.or_else(forwarded).unwrap_or(peer))
+    }
+}
+
+type Store = DashMapStateStore<ClientId>;
+
+/// The rate limiter, with a read-only look at a client's state for `/api/limits`.
+struct Rate {
+    limiter: RateLimiter<ClientId, SharedStore, DefaultClock, StateInformationMiddleware>,
+    store: SharedStore,
+    clock: DefaultClock,
+    /// The limiter's own zero point, so that a peek measures time as the limiter does.
+    start: <DefaultClock as Clock>::Instant,
+    limit: u32,
+    /// The time one request's worth of budget takes to come back.
+    period: Duration,
+}
+
+/// The state store, shared between the limiter and our peeks.
+#[derive(Clone, Default)]
+struct SharedStore(Arc<Store>);
+
+impl StateStore for SharedStore {
+    type Key = ClientId;
+
+    fn measure_and_replace<T, F, E>(&self, key: &ClientId, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<ClientId> for SharedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0.retain_recent(drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.0.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        ShrinkableKeyedStateStore::len(&*self.0)
+    }
+
+    fn is_empty(&self) -> bool {
+        ShrinkableKeyedStateStore::is_empty(&*self.0)
+    }
+}
+
+/// A client's budget at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the budget is full again.
+    pub reset_secs: u64,
+}
+
+impl Rate {
+    fn new(per_minute: u32, burst: u32) -> Option<Self> {
+        let per_minute = NonZeroU32::new(per_minute)?;
+        let burst = NonZeroU32::new(burst).unwrap_or(per_minute);
+        let quota = Quota::per_minute(per_minute).allow_burst(burst);
+        let clock = DefaultClock::default();
+        let store = SharedStore::default();
+        let start = clock.now();
+        let limiter = RateLimiter::<ClientId, SharedStore, DefaultClock>::new(
+            quota,
+            store.clone(),
+            clock.clone(),
+        )
+        .with_middleware::<StateInformationMiddleware>();
+        Some(Self {
+            limiter,
+            store,
+            clock,
+            start,
+            limit: burst.get(),
+            period: quota.replenish_interval(),
+        })
+    }
+
+    /// Spends one request of the client's budget, or says how long until one is back.
+    fn check(&self, client: ClientId) -> Result<Budget, Duration> {
+        match self.limiter.check_key(&client) {
+            Ok(snapshot) => Ok(self.budget(snapshot.remaining_burst_capacity())),
+            Err(not_until) => Err(not_until.wait_time_from(self.clock.now())),
+        }
+    }
+
+    /// The client's budget now, spending nothing.
+    fn peek(&self, client: ClientId) -> Budget {
+        // Returning `Err` leaves the state as it was: a read, not a spend.
+        let tat = match self
+            .store
+            .measure_and_replace(&client, |tat| Err::<((), Nanos), _>(tat))
+        {
+            Ok(()) => None,
+            Err(tat) => tat,
+        };
+        let Some(tat) = tat else {
+            return self.budget(self.limit);
+        };
+        let now = Duration::from(self.clock.now().duration_since(self.start));
+        let ahead = Duration::from(tat).saturating_sub(now);
+        let capacity = self.period * self.limit;
+        let remaining = capacity.saturating_sub(ahead).as_nanos() / self.period.as_nanos().max(1);
+        self.budget(
+            u32::try_from(remaining)
+                .unwrap_or(self.limit)
+                .min(self.limit),
+        )
+    }
+
+    fn budget(&self, remaining: u32) -> Budget {
+        Budget {
+            limit: self.limit,
+            remaining,
+            reset_secs: (self.period * (self.limit - remaining.min(self.limit)))
+                .as_secs_f64()
+                .ceil() as u64,
+        }
+    }
+}
+
+/// How many streams each client, and the whole server, holds open.
+#[derive(Default)]
+struct Open {
+    total: u32,
+    per_client: HashMap<ClientId, u32>,
+}
+
+/// The server's limits: shared by the middleware, the stream handler and `/api/limits`.
+pub struct Limits {
+    rate: Option<Rate>,
+    open: Arc<Mutex<Open>>,
+    max_streams: u32,
+    max_streams_per_client: u32,
+}
+
+/// An open stream's place: released when dropped, however the stream ends.
+pub struct StreamSlot {
+    client: ClientId,
+    open: Arc<Mutex<Open>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.per_client.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// What `/api/limits` tells a client about itself.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct LimitsView {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_secs: u64,
+    pub streams_open: u32,
+    pub max_streams_per_client: u32,
+    pub max_query_chars: u32,
+}
+
+/// How often idle clients are forgotten, so the limiter's memory stays bounded.
+pub const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Limits {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            rate: Rate::new(config.rate_limit_per_minute, config.rate_limit_burst()),
+            open: Arc::default(),
+            max_streams: config.max_streams,
+            max_streams_per_client: config.max_streams_per_client,
+        }
+    }
+
+    /// Takes a stream slot for the client, or refuses.
+    pub fn acquire(&self, client: ClientId) -> Result<StreamSlot, Refusal> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.total >= self.max_streams {
+            return Err(Refusal::AtCapacity);
+        }
+        let count = open.per_client.entry(client).or_default();
+        if *count >= self.max_streams_per_client {
+            return Err(Refusal::TooManyStreams(self.max_streams_per_client));
+        }
+        *count += 1;
+        open.total += 1;
+        Ok(StreamSlot {
+            client,
+            open: Arc::clone(&self.open),
+        })
+    }
+
+    /// Streams open in all.
+    pub fn streams_open(&self) -> u32 {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .total
+    }
+
+    pub fn view(&self, client: ClientId, config: &Config) -> LimitsView {
+        let budget = self.rate.as_ref().map(|rate| rate.peek(client));
+        let streams_open = self
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .per_client
+            .get(&client)
+            .copied()
+            .unwrap_or(0);
+        LimitsView {
+            limit: budget.map_or(0, |b| b.limit),
+            remaining: budget.map_or(0, |b| b.remaining),
+            reset_secs: budget.map_or(0, |b| b.reset_secs),
+            streams_open,
+            max_streams_per_client: self.max_streams_per_client,
+            max_query_chars: config.max_query_chars,
+        }
+    }
+
+    /// Forgets clients whose budget is full again; returns how many are still remembered.
+    pub fn forget_idle_clients(&self) -> usize {
+        match &self.rate {
+            Some(rate) => {
+                rate.limiter.retain_recent();
+                rate.limiter.shrink_to_fit();
+                rate.limiter.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// Clients the rate limiter remembers.
+    pub fn tracked_clients(&self) -> usize {
+        self.rate.as_ref().map_or(0, |rate| rate.limiter.len())
+    }
+}
+
+/// Middleware around `/api/stream`: refuses a client over its rate with 429 before the handler
+/// runs (so the upstream is never called), and adds the `RateLimit-*` headers to every answer.
+pub async fn rate_limit(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let (Some(limits), Some(config)) = (
+        request.app_data::<web::Data<Limits>>().cloned(),
+        request.app_data::<web::Data<Config>>().cloned(),
+    ) else {
+        return Ok(next.call(request).await?.map_into_boxed_body());
+    };
+    let Some(rate) = &limits.rate else {
+        return Ok(next.call(request).await?.map_into_boxed_body());
+    };
+    let client = ClientId::of(request.request(), &config);
+    let (budget, response) = match rate.check(client) {
+        Ok(budget) => (budget, next.call(request).await?.map_into_boxed_body()),
+        Err(wait) => {
+            let refusal = Refusal::RateLimited { retry_after: wait };
+            let budget = rate.budget(0);
+            let budget = Budget {
+                reset_secs: budget.reset_secs.max(crate::error::ceil_secs(wait)),
+                ..budget
+            };
+            (
+                budget,
+                request.error_response(refusal).map_into_boxed_body(),
+            )
+        }
+    };
+    let mut response = response;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("ratelimit-limit", budget.limit as u64),
+        ("ratelimit-remaining", budget.remaining as u64),
+        ("ratelimit-reset", budget.reset_secs),
+    ] {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+    }
+    Ok(response)
+}

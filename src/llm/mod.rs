@@ -1,0 +1,77 @@
+//! The model side: one event type for every provider, and the `Provider` enum that dispatches to
+//! each provider's wire format. Nothing outside a provider's file knows its JSON.
+
+pub mod anthropic;
+pub mod demo;
+pub mod openai;
+pub mod upstream;
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use serde::Serialize;
+
+use crate::{
+    config::{Config, ProviderKind},
+    error::StreamError,
+};
+
+/// What a provider yields, in order: text and reasoning deltas, then one `Finish`.
+/// A stream that ends without `Finish` was cut short.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LlmEvent {
+    Token(String),
+    Reasoning(String),
+    Finish(Finish),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finish {
+    pub finish_reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// A provider's answer as it arrives. Dropping it cancels the upstream call.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<LlmEvent, StreamError>> + Send>>;
+
+/// The configured upstream.
+pub enum Provider {
+    Demo(demo::Demo),
+    OpenAi(openai::OpenAi),
+    Anthropic(anthropic::Anthropic),
+}
+
+impl Provider {
+    pub fn from_config(config: &Config) -> Result<Self, reqwest::Error> {
+        Ok(match config.provider() {
+            ProviderKind::Demo => Self::Demo(demo::Demo::new(config)),
+            ProviderKind::OpenAi => Self::OpenAi(openai::OpenAi::new(config)?),
+            ProviderKind::Anthropic => Self::Anthropic(anthropic::Anthropic::new(config)?),
+        })
+    }
+
+    /// Starts answering `question`. Nothing is sent upstream until the stream is first polled.
+    pub fn stream(&self, question: &str) -> EventStream {
+        match self {
+            Self::Demo(demo) => demo.stream(question),
+            Self::OpenAi(openai) => openai.stream(question),
+            Self::Anthropic(anthropic) => anthropic.stream(question),
+        }
+    }
+
+    /// The model's name, as shown to people.
+    pub fn model(&self) -> &str {
+        match self {
+            Self::Demo(_) => "demo",
+            Self::OpenAi(openai) => openai.model(),
+            Self::Anthropic(anthropic) => anthropic.model(),
+        }
+    }
+}

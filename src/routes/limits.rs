@@ -1,0 +1,20 @@
+//! `GET /api/limits`: the calling client's budget, so the page can explain a refusal
+//! (an EventSource cannot read the body of a refused request).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::{
+    config::Config,
+    limits::{ClientId, Limits},
+};
+
+pub async fn limits(
+    request: HttpRequest,
+    limits: web::Data<Limits>,
+    config: web::Data<Config>,
+) -> HttpResponse {
+    let client = ClientId::of(&request, &config);
+    HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(limits.view(client, &config))
+}

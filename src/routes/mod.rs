@@ -1,0 +1,20 @@
+//! One file per endpoint.
+
+pub mod health;
+pub mod limits;
+pub mod page;
+pub mod stream;
+
+use actix_web::HttpResponse;
+
+use crate::error::Refusal;
+
+/// Unknown routes: JSON, like every other refusal.
+pub async fn not_found() -> Result<HttpResponse, Refusal> {
+    Err(Refusal::NotFound)
+}
+
+/// Known routes asked with the wrong method.
+pub async fn method_not_allowed() -> Result<HttpResponse, Refusal> {
+    Err(Refusal::MethodNotAllowed)
+}

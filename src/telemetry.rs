@@ -1,0 +1,73 @@
+//! Logs: the tracing subscriber (readable by default, JSON on request) and the one line each stream
+//! leaves behind when it ends, however it ends.
+
+use std::time::{Duration, Instant};
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber; `RUST_LOG` refines the default `info` level.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// What is known about one stream; logged once, when it is dropped.
+pub struct StreamReport {
+    stream_id: String,
+    client: String,
+    chars_in: usize,
+    started: Instant,
+    first_output: Option<Duration>,
+    tokens_out: u64,
+    outcome: &'static str,
+}
+
+impl StreamReport {
+    pub fn new(stream_id: String, client: String, chars_in: usize) -> Self {
+        Self {
+            stream_id,
+            client,
+            chars_in,
+            started: Instant::now(),
+            first_output: None,
+            tokens_out: 0,
+            // Whatever does not finish on its own was ended by the client going away.
+            outcome: "client_gone",
+        }
+    }
+
+    pub fn first_output(&mut self) {
+        self.first_output
+            .get_or_insert_with(|| self.started.elapsed());
+    }
+
+    pub fn token(&mut self) {
+        self.first_output();
+        self.tokens_out += 1;
+    }
+
+    pub fn finish(&mut self, outcome: &'static str) {
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for StreamReport {
+    fn drop(&mut self) {
+        tracing::info!(
+            stream_id = %self.stream_id,
+            client = %self.client,
+            chars_in = self.chars_in,
+            tokens_out = self.tokens_out,
+            first_token_ms = self.first_output.map(|d| d.as_secs_f64() * 1e3),
+            duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            outcome = self.outcome,
+            "stream ended"
+        );
+    }
+}
