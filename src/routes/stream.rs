@@ -1,6 +1,6 @@
 //! `GET /api/stream?q=…`: validate the question, take a stream slot, ask the provider, and answer
-//! with its events as SSE. The response body owns everything: dropping it (the client left)
-//! drops the upstream call and releases the slot.
+//! with its events as SSE. Dropping the response body (the client left) ends the task that owns
+//! the upstream call and the slot, which closes the upstream connection and frees the slot.
 
 use std::time::Duration;
 
@@ -8,13 +8,14 @@ use actix_web::{HttpRequest, HttpResponse, Responder, web};
 use actix_web_lab::sse::Sse;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
     error::{Refusal, StreamError},
-    limits::{ClientId, Limits},
-    llm::{LlmEvent, Provider},
+    limits::{ClientId, Limits, StreamSlot},
+    llm::{EventStream, LlmEvent, Provider},
     sse::{frames, new_stream_id},
     telemetry::StreamReport,
 };
@@ -51,22 +52,20 @@ pub async fn stream(
         client.to_string(),
         question.chars().count(),
     );
-    let events = bounded(
+    let events = pump(
         provider.stream(&question),
         config.stream_timeout(),
         shutdown.0.clone(),
+        slot,
     );
-    let frames = frames(stream_id, events, report).map(move |frame| {
-        // The slot lives exactly as long as the body.
-        let _ = &slot;
-        frame
-    });
-    Ok(Sse::from_infallible_stream(frames)
-        .with_keep_alive(config.keepalive())
-        .customize()
-        .insert_header(("X-Accel-Buffering", "no"))
-        .respond_to(&request)
-        .map_into_boxed_body())
+    Ok(
+        Sse::from_infallible_stream(frames(stream_id, events, report))
+            .with_keep_alive(config.keepalive())
+            .customize()
+            .insert_header(("X-Accel-Buffering", "no"))
+            .respond_to(&request)
+            .map_into_boxed_body(),
+    )
 }
 
 /// A question is 1 to MAX_QUERY_CHARS characters (not bytes) with no control characters but newlines and tabs.
@@ -95,27 +94,56 @@ fn validate(question: Option<String>, max_chars: usize) -> Result<String, Refusa
     Ok(question)
 }
 
-/// Ends the provider's events with `timeout` once the answer's budget is spent, or with
-/// `server_shutdown` once the shutdown grace has run out.
-fn bounded<S>(
-    events: S,
+/// Room for events between the upstream and a slow client: enough to absorb a burst, small
+/// enough that a client that stops reading holds back the upstream (backpressure, flat memory).
+const EVENT_BUFFER: usize = 16;
+
+/// Drives the provider's stream in a task of its own, so that the answer's budget and the
+/// shutdown grace are enforced even while a client that stopped reading leaves the body unpolled.
+/// The task lives no longer than the stream: it ends when the body is dropped (the client left),
+/// at the deadline, at shutdown, or after the last event, and it owns the upstream call and the slot.
+fn pump(
+    mut events: EventStream,
     budget: Duration,
     shutdown: CancellationToken,
-) -> impl Stream<Item = Result<LlmEvent, StreamError>>
-where
-    S: Stream<Item = Result<LlmEvent, StreamError>> + Unpin,
-{
+    slot: StreamSlot,
+) -> impl Stream<Item = Result<LlmEvent, StreamError>> {
     let deadline = tokio::time::Instant::now() + budget;
-    futures_util::stream::unfold(Some(events), move |events| {
-        let shutdown = shutdown.clone();
-        async move {
-            let mut events = events?;
+    let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+    // The reason a stream ended early travels apart from the events, so that it is never stuck
+    // behind a full buffer; the body reads it after the events it follows.
+    let (end_tx, end_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let end = loop {
+            let event = tokio::select! {
+                biased;
+                () = events_tx.closed() => return,
+                () = shutdown.cancelled() => break StreamError::ServerShutdown,
+                () = tokio::time::sleep_until(deadline) => break StreamError::Timeout,
+                event = events.next() => match event {
+                    Some(Ok(event)) => event,
+                    Some(Err(error)) => break error,
+                    None => return,
+                },
+            };
+            let last = matches!(event, LlmEvent::Finish(_));
             tokio::select! {
                 biased;
-                item = events.next() => item.map(|item| (item, Some(events))),
-                () = tokio::time::sleep_until(deadline) => Some((Err(StreamError::Timeout), None)),
-                () = shutdown.cancelled() => Some((Err(StreamError::ServerShutdown), None)),
+                sent = events_tx.send(event) => if sent.is_err() { return },
+                () = shutdown.cancelled() => break StreamError::ServerShutdown,
+                () = tokio::time::sleep_until(deadline) => break StreamError::Timeout,
             }
-        }
-    })
+            if last {
+                return;
+            }
+        };
+        let _ = end_tx.send(end);
+    });
+    let events = futures_util::stream::unfold(events_rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
+    });
+    let end =
+        futures_util::stream::once(end_rx).filter_map(|end| std::future::ready(end.ok().map(Err)));
+    events.chain(end)
 }

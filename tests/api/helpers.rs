@@ -1,0 +1,345 @@
+//! The test harness: the real application on 127.0.0.1:0 in front of a real mock upstream, and an
+//! SSE client that records each event with its arrival time.
+
+use std::{
+    sync::{LazyLock, Once},
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use llm_stream::{config::Config, limits::Limits, startup::Application};
+use tokio::sync::oneshot;
+
+use crate::mock_upstream::MockUpstream;
+
+static TRACING: Once = Once::new();
+
+/// Logs stay silent unless TEST_LOG=1.
+fn init_logs() {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            llm_stream::telemetry::init(llm_stream::config::LogFormat::Text);
+        }
+    });
+}
+
+/// How long any single wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub static CLIENT: LazyLock<reqwest::Client> =
+    LazyLock::new(|| reqwest::Client::builder().build().expect("client"));
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub mock: MockUpstream,
+    pub limits: actix_web::web::Data<Limits>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// The app on the OpenAI-compatible provider, in front of a fresh mock upstream.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let mock = MockUpstream::start().await;
+    let mut config = test_config(&[
+        "--llm-provider",
+        "openai",
+        "--llm-base-url",
+        &mock.url(),
+        "--llm-api-key",
+        "sk-test-SECRET-KEY",
+    ]);
+    adjust(&mut config);
+    spawn_with_config(config, mock).await
+}
+
+/// The app on the built-in demo model.
+pub async fn spawn_demo_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let mock = MockUpstream::start().await;
+    let mut config = test_config(&["--llm-provider", "demo", "--demo-token-ms", "1"]);
+    adjust(&mut config);
+    spawn_with_config(config, mock).await
+}
+
+/// A configuration for tests: loopback, port 0, generous limits unless a test sets them.
+pub fn test_config(extra: &[&str]) -> Config {
+    let mut args = vec![
+        "llm-stream",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--rate-limit-per-minute",
+        "0",
+        "--shutdown-grace-secs",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    match Config::from_args(args) {
+        Ok(config) => config,
+        Err(error) => panic!("test configuration refused: {error:?}"),
+    }
+}
+
+pub async fn spawn_with_config(config: Config, mock: MockUpstream) -> TestApp {
+    init_logs();
+    let app = Application::build(config)
+        .await
+        .expect("build the application");
+    let port = app.port();
+    let limits = app.limits();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        mock,
+        limits,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn stream_url(&self, question: &str) -> String {
+        let mut url = reqwest::Url::parse(&format!("{}/api/stream", self.address)).expect("url");
+        url.query_pairs_mut().append_pair("q", question);
+        url.to_string()
+    }
+
+    /// Asks and reads the whole answer.
+    pub async fn stream(&self, question: &str) -> Answer {
+        self.open(question).await.read_to_end().await
+    }
+
+    /// Asks and returns the open response, to read event by event.
+    pub async fn open(&self, question: &str) -> SseReader {
+        SseReader::get(self.stream_url(question), &[]).await
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        CLIENT
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Signals shutdown and waits for the server to stop.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn stopped(&mut self) -> std::io::Result<()> {
+        self.begin_shutdown();
+        match self.server.take() {
+            Some(server) => tokio::time::timeout(DEADLINE, server)
+                .await
+                .expect("server stops in time")
+                .expect("server task"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
+}
+
+/// One SSE event or comment, as the client received it.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub id: Option<String>,
+    pub data: Option<String>,
+    pub comment: Option<String>,
+    pub at: Instant,
+}
+
+impl Event {
+    pub fn json(&self) -> serde_json::Value {
+        self.data
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub started: Instant,
+    /// Data events only (no comments).
+    pub events: Vec<Event>,
+    pub comments: Vec<Event>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The concatenated tokens.
+    pub fn text(&self) -> String {
+        self.events
+            .iter()
+            .filter_map(|e| e.json()["token"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    pub fn tokens(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| e.json()["token"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    pub fn last(&self) -> &Event {
+        self.events.last().expect("at least one event")
+    }
+
+    /// The terminal error event's JSON, if the stream ended with one.
+    pub fn error(&self) -> Option<serde_json::Value> {
+        let last = self.events.last()?.json();
+        last.get("error").is_some().then_some(last)
+    }
+
+    pub fn ended_with_done(&self) -> bool {
+        self.events.last().and_then(|e| e.data.as_deref()) == Some("[DONE]")
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+/// An open SSE response, read as an EventSource reads it.
+pub struct SseReader {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub started: Instant,
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: Vec<u8>,
+    pub raw: Vec<u8>,
+}
+
+impl SseReader {
+    pub async fn get(url: String, headers: &[(&str, &str)]) -> Self {
+        let started = Instant::now();
+        let mut request = CLIENT.get(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = tokio::time::timeout(DEADLINE, request.send())
+            .await
+            .expect("response head in time")
+            .expect("request");
+        Self {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            started,
+            body: response.bytes_stream().boxed(),
+            buffer: Vec::new(),
+            raw: Vec::new(),
+        }
+    }
+
+    /// The next event or comment; `None` at the end of the response. Panics past the deadline.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.next_within(DEADLINE).await
+    }
+
+    pub async fn next_within(&mut self, deadline: Duration) -> Option<Event> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            if let Some(end) = find_blank_line(&self.buffer) {
+                let block: Vec<u8> = self.buffer.drain(..end.1).collect();
+                let block =
+                    String::from_utf8(block[..end.0].to_vec()).expect("the server sends UTF-8");
+                return Some(parse_block(&block));
+            }
+            match tokio::time::timeout_at(until, self.body.next()).await {
+                Err(_) => panic!(
+                    "no SSE event within {deadline:?}; received so far: {}",
+                    String::from_utf8_lossy(&self.raw)
+                ),
+                Ok(Some(Ok(chunk))) => {
+                    self.raw.extend_from_slice(&chunk);
+                    self.buffer.extend_from_slice(&chunk);
+                }
+                Ok(Some(Err(error))) => panic!("reading the stream failed: {error}"),
+                Ok(None) => return None,
+            }
+        }
+    }
+
+    /// The next data event, skipping comments.
+    pub async fn next_data(&mut self) -> Option<Event> {
+        loop {
+            let event = self.next().await?;
+            if event.data.is_some() {
+                return Some(event);
+            }
+        }
+    }
+
+    pub async fn read_to_end(mut self) -> Answer {
+        let (mut events, mut comments) = (Vec::new(), Vec::new());
+        while let Some(event) = self.next().await {
+            if event.data.is_some() {
+                events.push(event)
+            } else {
+                comments.push(event)
+            }
+        }
+        Answer {
+            status: self.status,
+            headers: self.headers,
+            started: self.started,
+            events,
+            comments,
+            body: String::from_utf8_lossy(&self.raw).into_owned(),
+        }
+    }
+}
+
+fn find_blank_line(buffer: &[u8]) -> Option<(usize, usize)> {
+    buffer
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|p| (p, p + 2))
+}
+
+fn parse_block(block: &str) -> Event {
+    let mut event = Event {
+        id: None,
+        data: None,
+        comment: None,
+        at: Instant::now(),
+    };
+    for line in block.lines() {
+        if let Some(comment) = line.strip_prefix(':') {
+            event.comment = Some(comment.trim().to_owned());
+        } else if let Some(id) = line.strip_prefix("id:") {
+            event.id = Some(id.trim_start().to_owned());
+        } else if let Some(data) = line.strip_prefix("data:") {
+            let data = data.strip_prefix(' ').unwrap_or(data);
+            event.data = Some(match event.data.take() {
+                Some(previous) => format!("{previous}\n{data}"),
+                None => data.to_owned(),
+            });
+        }
+    }
+    event
+}

@@ -1,0 +1,365 @@
+//! A real HTTP server standing in for the model's API: it answers each request with a scripted
+//! reply (status, headers, then body writes with pauses and faults) and records what it saw,
+//! including when the client closed the connection.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Notify,
+};
+
+/// One step of a scripted body.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Write these bytes in one write (one TCP segment, as nodelay is on).
+    Write(Vec<u8>),
+    /// Pause.
+    Sleep(Duration),
+    /// Write as fast as the client takes it, counting the bytes, until the client stops reading long enough.
+    Flood,
+}
+
+/// How the reply ends after its steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum End {
+    /// Close the connection (the body ends).
+    Close,
+    /// Keep the connection open and silent until the client closes it.
+    Hang,
+}
+
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub steps: Vec<Step>,
+    pub end: End,
+}
+
+impl Reply {
+    /// A 200 event stream with these steps, closing at the end.
+    pub fn sse(steps: Vec<Step>) -> Self {
+        Self {
+            status: 200,
+            headers: vec![("Content-Type".into(), "text/event-stream".into())],
+            steps,
+            end: End::Close,
+        }
+    }
+
+    /// An error status with a JSON body.
+    pub fn status(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            steps: vec![Step::Write(body.as_bytes().to_vec())],
+            end: End::Close,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn then(mut self, end: End) -> Self {
+        self.end = end;
+        self
+    }
+}
+
+/// A request as the mock received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub head: String,
+    pub body: String,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    replies: VecDeque<Reply>,
+    default: Option<Reply>,
+    requests: Vec<Recorded>,
+    /// When each connection was seen closed by the client, in order.
+    closed: Vec<Instant>,
+    flooded: usize,
+    /// Whether a flood stopped because the client stopped taking bytes.
+    stalled: bool,
+}
+
+#[derive(Clone)]
+pub struct MockUpstream {
+    pub address: SocketAddr,
+    state: Arc<Mutex<State>>,
+    changed: Arc<Notify>,
+}
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind mock upstream");
+        let mock = Self {
+            address: listener.local_addr().expect("mock address"),
+            state: Arc::default(),
+            changed: Arc::default(),
+        };
+        let server = mock.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let mock = server.clone();
+                tokio::spawn(async move { mock.serve(socket).await });
+            }
+        });
+        mock
+    }
+
+    /// The base URL, as LLM_BASE_URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.address)
+    }
+
+    /// Every request is answered with this reply, unless a queued one comes first.
+    pub fn always(&self, reply: Reply) {
+        self.state.lock().unwrap().default = Some(reply);
+    }
+
+    /// The next request is answered with this reply.
+    pub fn then_reply(&self, reply: Reply) {
+        self.state.lock().unwrap().replies.push_back(reply);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.state.lock().unwrap().requests.len()
+    }
+
+    pub fn closed_count(&self) -> usize {
+        self.state.lock().unwrap().closed.len()
+    }
+
+    pub fn closed_at(&self) -> Vec<Instant> {
+        self.state.lock().unwrap().closed.clone()
+    }
+
+    pub fn flood_stalled(&self) -> bool {
+        self.state.lock().unwrap().stalled
+    }
+
+    pub fn flooded_bytes(&self) -> usize {
+        self.state.lock().unwrap().flooded
+    }
+
+    /// Waits until `check` holds, or panics after `deadline`.
+    pub async fn wait_until(&self, what: &str, deadline: Duration, check: impl Fn(&Self) -> bool) {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.changed.notified();
+            if check(self) {
+                return;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                assert!(
+                    check(self),
+                    "mock upstream: timed out after {deadline:?} waiting for {what}"
+                );
+                return;
+            }
+        }
+    }
+
+    pub async fn wait_for_requests(&self, n: usize, deadline: Duration) {
+        self.wait_until(&format!("{n} request(s)"), deadline, |m| {
+            m.request_count() >= n
+        })
+        .await;
+    }
+
+    pub async fn wait_for_closed(&self, n: usize, deadline: Duration) {
+        self.wait_until(&format!("{n} closed connection(s)"), deadline, |m| {
+            m.closed_count() >= n
+        })
+        .await;
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.state.lock().unwrap());
+        self.changed.notify_waiters();
+    }
+
+    async fn serve(self, mut socket: TcpStream) {
+        socket.set_nodelay(true).ok();
+        let Some(request) = read_request(&mut socket).await else {
+            return;
+        };
+        let reply = {
+            let mut state = self.state.lock().unwrap();
+            state.replies.pop_front().or_else(|| state.default.clone())
+        };
+        self.update(|s| s.requests.push(request));
+        let reply = reply.unwrap_or_else(|| Reply::status(500, r#"{"error":"mock has no reply"}"#));
+        let (mut reader, mut writer) = socket.into_split();
+        // Watch the read side: EOF means the client closed the connection.
+        let watcher = {
+            let mock = self.clone();
+            tokio::spawn(async move {
+                let mut buf = [0_u8; 1024];
+                loop {
+                    match reader.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                mock.update(|s| s.closed.push(Instant::now()));
+            })
+        };
+        let mut head = format!("HTTP/1.1 {} Mock\r\nConnection: close\r\n", reply.status);
+        for (name, value) in &reply.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        if writer.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for step in reply.steps {
+            match step {
+                Step::Write(bytes) => {
+                    if writer.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Step::Sleep(pause) => tokio::time::sleep(pause).await,
+                Step::Flood => {
+                    let chunk = b"data: {\"choices\":[{\"delta\":{\"content\":\"flood \"}}]}\n\n"
+                        .repeat(64);
+                    loop {
+                        match tokio::time::timeout(
+                            Duration::from_millis(500),
+                            writer.write_all(&chunk),
+                        )
+                        .await
+                        {
+                            Ok(Ok(())) => self.update(|s| s.flooded += chunk.len()),
+                            _ => break,
+                        }
+                    }
+                    self.update(|s| s.stalled = true);
+                }
+            }
+        }
+        match reply.end {
+            End::Close => {
+                let _ = writer.shutdown().await;
+                drop(writer);
+                // Wait for the client's side to close too (it always does once the body ends).
+                let _ = tokio::time::timeout(Duration::from_secs(30), watcher).await;
+            }
+            End::Hang => {
+                let _ = watcher.await;
+            }
+        }
+    }
+}
+
+async fn read_request(socket: &mut TcpStream) -> Option<Recorded> {
+    let mut data = Vec::new();
+    let mut buf = [0_u8; 4096];
+    let head_end = loop {
+        let n = socket.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+        if let Some(pos) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while data.len() < head_end + length {
+        let n = socket.read(&mut buf).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    Some(Recorded {
+        head,
+        body: String::from_utf8_lossy(&data[head_end..]).into_owned(),
+    })
+}
+
+/// OpenAI-format chunks: a helper to script a stream.
+pub mod openai {
+    use super::Step;
+    use std::time::Duration;
+
+    pub fn chunk(json: &str) -> Step {
+        Step::Write(format!("data: {json}\n\n").into_bytes())
+    }
+
+    pub fn token(text: &str) -> Step {
+        chunk(&serde_json::json!({"choices":[{"index":0,"delta":{"content":text},"finish_reason":null}]}).to_string())
+    }
+
+    pub fn finish(reason: &str) -> Step {
+        chunk(
+            &serde_json::json!({"choices":[{"index":0,"delta":{},"finish_reason":reason}]})
+                .to_string(),
+        )
+    }
+
+    pub fn usage(prompt: u64, completion: u64) -> Step {
+        chunk(&serde_json::json!({"choices":[],"usage":{"prompt_tokens":prompt,"completion_tokens":completion,"total_tokens":prompt+completion}}).to_string())
+    }
+
+    pub fn done() -> Step {
+        Step::Write(b"data: [DONE]\n\n".to_vec())
+    }
+
+    /// A whole answer: the tokens `gap` apart, then finish, usage and [DONE].
+    pub fn answer(tokens: &[&str], gap: Duration) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for t in tokens {
+            if !gap.is_zero() {
+                steps.push(Step::Sleep(gap));
+            }
+            steps.push(token(t));
+        }
+        steps.extend([finish("stop"), usage(9, tokens.len() as u64), done()]);
+        steps
+    }
+}
