@@ -29,7 +29,7 @@ impl Anthropic {
         &self.model
     }
 
-    pub fn stream(&self, _question: &str) -> EventStream {
+    pub fn stream(&self, _question: &str, _request_id: &str) -> EventStream {
         Box::pin(futures_util::stream::iter([Err(
             StreamError::UpstreamRejected,
         )]))

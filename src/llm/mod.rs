@@ -57,12 +57,13 @@ impl Provider {
         })
     }
 
-    /// Starts answering `question`. Nothing is sent upstream until the stream is first polled.
-    pub fn stream(&self, question: &str) -> EventStream {
+    /// Starts answering `question`; `request_id` goes upstream as `X-Request-Id`.
+    /// Nothing is sent upstream until the stream is first polled.
+    pub fn stream(&self, question: &str, request_id: &str) -> EventStream {
         match self {
             Self::Demo(demo) => demo.stream(question),
-            Self::OpenAi(openai) => openai.stream(question),
-            Self::Anthropic(anthropic) => anthropic.stream(question),
+            Self::OpenAi(openai) => openai.stream(question, request_id),
+            Self::Anthropic(anthropic) => anthropic.stream(question, request_id),
         }
     }
 

@@ -95,12 +95,13 @@ impl OpenAi {
         &self.model
     }
 
-    pub fn stream(&self, question: &str) -> EventStream {
+    pub fn stream(&self, question: &str, request_id: &str) -> EventStream {
         let request = self
             .upstream
             .client()
             .post(self.url.clone())
             .bearer_auth(self.api_key.expose_secret())
+            .header("X-Request-Id", request_id)
             .json(&ChatRequest {
                 model: &self.model,
                 messages: [

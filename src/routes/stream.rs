@@ -47,16 +47,16 @@ pub async fn stream(
     let slot = limits.acquire(client)?;
 
     let stream_id = new_stream_id();
+    let events = pump(
+        provider.stream(&question, &stream_id),
+        config.stream_timeout(),
+        shutdown.0.clone(),
+        slot,
+    );
     let report = StreamReport::new(
         stream_id.clone(),
         client.to_string(),
         question.chars().count(),
-    );
-    let events = pump(
-        provider.stream(&question),
-        config.stream_timeout(),
-        shutdown.0.clone(),
-        slot,
     );
     Ok(
         Sse::from_infallible_stream(frames(stream_id, events, report))
