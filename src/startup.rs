@@ -12,11 +12,14 @@ use actix_web::{
     web::{self, Data},
 };
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use crate::{
     config::Config,
     error::Refusal,
     limits::{self, Limits},
     llm::Provider,
+    request_id,
     routes::{self, stream::Shutdown},
 };
 
@@ -26,6 +29,8 @@ pub struct Application {
     shutdown: Shutdown,
     grace: Duration,
     limits: Data<Limits>,
+    /// `/metrics` on its own listener, when METRICS_ADDR asks for one.
+    metrics_server: Option<(Server, SocketAddr)>,
 }
 
 /// Extra time actix gives connections after our grace, for the final error frames to be written.
@@ -35,19 +40,21 @@ impl Application {
     /// Binds the listener (port 0 picks a free port) and wires the app; nothing runs until
     /// [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> io::Result<Self> {
-        let listener = std::net::TcpListener::bind(&config.listen_addr).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}: {e}", config.listen_addr),
-            )
-        })?;
+        let listener = bind(&config.listen_addr)?;
         let address = listener.local_addr()?;
+        let metrics_listener = config.metrics_addr.as_deref().map(bind).transpose()?;
+        let metrics_on_main = metrics_listener.is_none();
+        let metrics = Data::new(crate::metrics::handle());
         let provider = Data::new(Provider::from_config(&config).map_err(io::Error::other)?);
         let limits = Data::new(Limits::new(&config));
         let shutdown = Shutdown::default();
         let grace = config.shutdown_grace();
         let config = Data::new(config);
 
+        let metrics_server = match metrics_listener {
+            Some(listener) => Some(metrics_server(listener, metrics.clone(), limits.clone())?),
+            None => None,
+        };
         let app_limits = limits.clone();
         let app_shutdown = Data::new(shutdown.clone());
         let server = HttpServer::new(move || {
@@ -56,14 +63,26 @@ impl Application {
                 .app_data(provider.clone())
                 .app_data(app_limits.clone())
                 .app_data(app_shutdown.clone())
+                .app_data(metrics.clone())
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
-                    Refusal::InvalidQuery(format!("The query string could not be read: {error}."))
-                        .into()
+                    let refusal = Refusal::InvalidQuery(format!(
+                        "The query string could not be read: {error}."
+                    ));
+                    crate::metrics::refused(&refusal);
+                    refusal.into()
                 }))
+                // The last `.wrap` is the outermost: the request id first, so that everything
+                // after it (paths, limits, handlers) logs inside the request's span.
                 .wrap(middleware::NormalizePath::trim())
+                .wrap(middleware::from_fn(request_id::request_id))
                 .route("/", web::get().to(routes::page::page))
                 .route("/healthz", web::get().to(routes::health::health))
                 .route("/api/limits", web::get().to(routes::limits::limits))
+                .configure(|app| {
+                    if metrics_on_main {
+                        app.route("/metrics", web::get().to(routes::metrics::metrics));
+                    }
+                })
                 .service(
                     web::resource("/api/stream")
                         .wrap(middleware::from_fn(limits::rate_limit))
@@ -76,10 +95,15 @@ impl Application {
                         ),
                 )
                 .service(
-                    Files::new("/static", concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
-                        .use_etag(true)
-                        .use_last_modified(true),
+                    web::scope("/static")
+                        .wrap(middleware::from_fn(routes::page::cache_static))
+                        .service(
+                            Files::new("", concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
+                                .use_etag(true)
+                                .use_last_modified(true),
+                        ),
                 )
+                .route("/favicon.ico", web::get().to(routes::page::favicon))
                 .default_service(web::route().to(routes::not_found))
         })
         // Notice a client that closed its side at once, not at the next failed write.
@@ -95,6 +119,7 @@ impl Application {
             shutdown,
             grace,
             limits,
+            metrics_server,
         })
     }
 
@@ -104,6 +129,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.address.port()
+    }
+
+    /// Where `/metrics` is served apart from the main listener, when METRICS_ADDR is set.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|(_, address)| *address)
     }
 
     /// The limits, for tests and metrics to look at.
@@ -116,7 +146,12 @@ impl Application {
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> io::Result<()> {
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
+        let metrics_server = self.metrics_server.map(|(server, _)| {
+            let handle = server.handle();
+            (handle, tokio::spawn(server))
+        });
         let cleanup = tokio::spawn(forget_idle_clients(self.limits));
+        let upkeep = tokio::spawn(metrics_upkeep(crate::metrics::handle()));
         stop.await;
         tracing::info!(
             grace_secs = self.grace.as_secs_f64(),
@@ -133,7 +168,48 @@ impl Application {
             }
         }
         cleanup.abort();
+        upkeep.abort();
+        if let Some((handle, server)) = metrics_server {
+            handle.stop(false).await;
+            let _ = server.await;
+        }
         server.await.map_err(io::Error::other)?
+    }
+}
+
+fn bind(address: &str) -> io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(address)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
+}
+
+/// A listener that serves only `/metrics` (METRICS_ADDR), so that it need not face the internet.
+fn metrics_server(
+    listener: std::net::TcpListener,
+    metrics: Data<PrometheusHandle>,
+    limits: Data<Limits>,
+) -> io::Result<(Server, SocketAddr)> {
+    let address = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(metrics.clone())
+            .app_data(limits.clone())
+            .route("/metrics", web::get().to(routes::metrics::metrics))
+            .default_service(web::route().to(routes::not_found))
+    })
+    // One worker is plenty for a scrape every few seconds.
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((server, address))
+}
+
+/// Folds histogram samples in even when nobody scrapes, so they never pile up in memory.
+async fn metrics_upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(crate::metrics::UPKEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
     }
 }
 
@@ -147,6 +223,8 @@ fn cors(config: &Config) -> Cors {
             cors.allowed_origin(origin.trim())
         })
         .allowed_methods(["GET"])
+        // Refuse before the handler: a mismatched origin must not spend the model budget.
+        .block_on_origin_mismatch(true)
         .expose_headers([
             "ratelimit-limit",
             "ratelimit-remaining",

@@ -1,5 +1,5 @@
 //! Logs: the tracing subscriber (readable by default, JSON on request) and the one line each stream
-//! leaves behind when it ends, however it ends.
+//! leaves behind when it ends, however it ends (also where the stream's metrics are recorded).
 
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,11 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// What is known about one stream; logged once, when it is dropped.
+/// What is known about one stream; logged and counted once, when it is dropped.
 pub struct StreamReport {
+    /// The request's span (carrying its request id): the body outlives the handler, so the line
+    /// logged at its end enters the span again.
+    span: tracing::Span,
     stream_id: String,
     client: String,
     chars_in: usize,
@@ -29,8 +32,10 @@ pub struct StreamReport {
 }
 
 impl StreamReport {
+    /// Made in the handler, inside the request's span, which it keeps.
     pub fn new(stream_id: String, client: String, chars_in: usize) -> Self {
         Self {
+            span: tracing::Span::current(),
             stream_id,
             client,
             chars_in,
@@ -59,13 +64,16 @@ impl StreamReport {
 
 impl Drop for StreamReport {
     fn drop(&mut self) {
+        let duration = self.started.elapsed();
+        crate::metrics::stream_ended(self.outcome, self.first_output, duration, self.tokens_out);
+        let _entered = self.span.enter();
         tracing::info!(
             stream_id = %self.stream_id,
             client = %self.client,
             chars_in = self.chars_in,
             tokens_out = self.tokens_out,
             first_token_ms = self.first_output.map(|d| d.as_secs_f64() * 1e3),
-            duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            duration_ms = duration.as_secs_f64() * 1e3,
             outcome = self.outcome,
             "stream ended"
         );

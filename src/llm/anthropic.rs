@@ -1,27 +1,220 @@
-//! Anthropic's Messages API. (Filled in by the providers issue; until then it refuses clearly.)
+//! Anthropic's Messages API: the request we send and the stream events we read back.
+//! The wire format stays in this file; everything else sees `LlmEvent`s.
 
-use reqwest::Url;
+use reqwest::{Url, header::HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 
-use super::{EventStream, upstream::Upstream};
+use super::{
+    EventStream, Finish, LlmEvent, Usage,
+    upstream::{Decoder, Fault, Upstream},
+};
 use crate::{config::Config, error::StreamError};
 
+/// The API version whose stream format this file reads.
+const API_VERSION: &str = "2023-06-01";
+
+/// Anthropic accepts temperatures from 0 to 1; LLM_TEMPERATURE goes to 2 for OpenAI's sake.
+const MAX_TEMPERATURE: f32 = 1.0;
+
 pub struct Anthropic {
-    #[expect(dead_code, reason = "used once the Messages API is wired in")]
     upstream: Upstream,
-    #[expect(dead_code, reason = "used once the Messages API is wired in")]
     url: Url,
+    api_key: SecretString,
     model: String,
+    max_tokens: u32,
+    temperature: f32,
+    system_prompt: String,
+}
+
+#[derive(Serialize)]
+struct MessagesRequest<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    system: &'a str,
+    messages: [Message<'a>; 1],
+    stream: bool,
+    temperature: f32,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+/// One stream event; its `type` is repeated in the data, so the SSE event name is not needed.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamEvent {
+    MessageStart {
+        message: MessageStart,
+    },
+    ContentBlockDelta {
+        delta: ContentDelta,
+    },
+    MessageDelta {
+        delta: MessageDelta,
+        usage: Option<WireUsage>,
+    },
+    MessageStop,
+    Error {
+        error: ApiError,
+    },
+    /// `ping`, `content_block_start`, `content_block_stop`, and whatever a later version adds.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct MessageStart {
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ContentDelta {
+    TextDelta {
+        text: String,
+    },
+    ThinkingDelta {
+        thinking: String,
+    },
+    /// `signature_delta`, `input_json_delta`, `citations_delta`…
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct MessageDelta {
+    stop_reason: Option<String>,
+}
+
+/// Counts are cumulative: a later report replaces an earlier one.
+#[derive(Deserialize)]
+struct WireUsage {
+    input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Reads the events of one message: text and thinking as they come, the stop reason and usage
+/// kept until `message_stop`. A body that ends before `message_stop` gives no `Finish`.
+#[derive(Default)]
+struct EventDecoder {
+    stop_reason: Option<String>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+impl EventDecoder {
+    fn count(&mut self, usage: WireUsage) {
+        // Cached input is input too, as OpenAI's `prompt_tokens` counts it.
+        let cached = [usage.cache_creation_input_tokens, usage.cache_read_input_tokens];
+        if let Some(input) = usage.input_tokens {
+            self.prompt_tokens = Some(input + cached.into_iter().flatten().sum::<u64>());
+        }
+        if usage.output_tokens.is_some() {
+            self.completion_tokens = usage.output_tokens;
+        }
+    }
+
+    fn finish(&mut self) -> Finish {
+        let finish_reason = match self.stop_reason.take().as_deref() {
+            None | Some("end_turn" | "stop_sequence") => "stop".to_owned(),
+            Some("max_tokens") => "length".to_owned(),
+            Some(other) => other.to_owned(),
+        };
+        let usage = (self.prompt_tokens.is_some() || self.completion_tokens.is_some()).then(|| {
+            Usage {
+                prompt_tokens: self.prompt_tokens.unwrap_or(0),
+                completion_tokens: self.completion_tokens.unwrap_or(0),
+            }
+        });
+        Finish {
+            finish_reason,
+            usage,
+        }
+    }
+}
+
+impl Decoder for EventDecoder {
+    fn feed(&mut self, data: &str) -> Result<Vec<LlmEvent>, Fault> {
+        let event = match serde_json::from_str(data)? {
+            StreamEvent::MessageStart { message } => {
+                if let Some(usage) = message.usage {
+                    self.count(usage);
+                }
+                None
+            }
+            StreamEvent::ContentBlockDelta { delta } => match delta {
+                ContentDelta::TextDelta { text } if !text.is_empty() => {
+                    Some(LlmEvent::Token(text))
+                }
+                ContentDelta::ThinkingDelta { thinking } if !thinking.is_empty() => {
+                    Some(LlmEvent::Reasoning(thinking))
+                }
+                _ => None,
+            },
+            StreamEvent::MessageDelta { delta, usage } => {
+                if delta.stop_reason.is_some() {
+                    self.stop_reason = delta.stop_reason;
+                }
+                if let Some(usage) = usage {
+                    self.count(usage);
+                }
+                None
+            }
+            StreamEvent::MessageStop => Some(LlmEvent::Finish(self.finish())),
+            StreamEvent::Error { error } => {
+                tracing::warn!(kind = %error.kind, message = %error.message, "upstream reported an error in its stream");
+                return Err(Fault::Upstream(match error.kind.as_str() {
+                    "overloaded_error" => StreamError::UpstreamUnavailable,
+                    _ => StreamError::UpstreamError,
+                }));
+            }
+            StreamEvent::Other => None,
+        };
+        Ok(event.into_iter().collect())
+    }
+
+    /// Without `message_stop` the answer may be cut short: never complete.
+    fn end(self) -> Option<LlmEvent> {
+        None
+    }
 }
 
 impl Anthropic {
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+        if config.llm_temperature > MAX_TEMPERATURE {
+            tracing::warn!(
+                temperature = config.llm_temperature,
+                "LLM_TEMPERATURE is above Anthropic's maximum; sending {MAX_TEMPERATURE}"
+            );
+        }
         Ok(Self {
             upstream: Upstream::new(config)?,
             url: config
                 .base_url()
                 .join("messages")
                 .unwrap_or_else(|_| config.base_url()),
+            api_key: config
+                .llm_api_key
+                .clone()
+                .unwrap_or_else(|| SecretString::from(String::new())),
             model: config.llm_model.clone(),
+            max_tokens: config.llm_max_tokens,
+            temperature: config.llm_temperature.min(MAX_TEMPERATURE),
+            system_prompt: config.llm_system_prompt.clone(),
         })
     }
 
@@ -29,9 +222,29 @@ impl Anthropic {
         &self.model
     }
 
-    pub fn stream(&self, _question: &str, _request_id: &str) -> EventStream {
-        Box::pin(futures_util::stream::iter([Err(
-            StreamError::UpstreamRejected,
-        )]))
+    pub fn stream(&self, question: &str, request_id: &str) -> EventStream {
+        // A key that is no header value is sent empty, so that Anthropic answers 401.
+        let mut api_key = HeaderValue::from_str(self.api_key.expose_secret())
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        api_key.set_sensitive(true);
+        let request = self
+            .upstream
+            .client()
+            .post(self.url.clone())
+            .header("x-api-key", api_key)
+            .header("anthropic-version", API_VERSION)
+            .header("X-Request-Id", request_id)
+            .json(&MessagesRequest {
+                model: &self.model,
+                max_tokens: self.max_tokens,
+                system: &self.system_prompt,
+                messages: [Message {
+                    role: "user",
+                    content: question,
+                }],
+                stream: true,
+                temperature: self.temperature,
+            });
+        self.upstream.stream(request, EventDecoder::default())
     }
 }

@@ -1,13 +1,14 @@
 //! OpenAI-compatible Chat Completions: the request we send and the chunks we read back.
 //! The wire format stays in this file; everything else sees `LlmEvent`s.
 
-use async_stream::stream;
-use futures_util::StreamExt;
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::{EventStream, Finish, LlmEvent, Usage, upstream::Upstream};
+use super::{
+    EventStream, Finish, LlmEvent, Usage,
+    upstream::{Decoder, Fault, Upstream},
+};
 use crate::{config::Config, error::StreamError};
 
 pub struct OpenAi {
@@ -43,16 +44,18 @@ struct StreamOptions {
 
 #[derive(Deserialize)]
 struct Chunk {
-    #[serde(default)]
-    choices: Vec<Choice>,
+    /// Empty in Azure's leading prompt-filter chunk and in usage-only final chunks.
+    choices: Option<Vec<Choice>>,
     usage: Option<ChunkUsage>,
+    /// Groq reports usage here, in its last chunk.
+    x_groq: Option<XGroq>,
     error: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 struct Choice {
-    #[serde(default)]
-    delta: Delta,
+    /// Absent in Azure's content-filter chunks.
+    delta: Option<Delta>,
     finish_reason: Option<String>,
 }
 
@@ -70,6 +73,59 @@ struct ChunkUsage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct XGroq {
+    usage: Option<ChunkUsage>,
+}
+
+/// Reads the chunks of one answer: text and reasoning as they come, the finish reason and usage
+/// kept until `[DONE]` (usage comes in its own chunk after the finish reason).
+#[derive(Default)]
+struct ChunkDecoder {
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+}
+
+impl Decoder for ChunkDecoder {
+    fn feed(&mut self, data: &str) -> Result<Vec<LlmEvent>, Fault> {
+        if data.trim() == "[DONE]" {
+            return Ok(vec![finish(self.finish_reason.take(), self.usage.take())]);
+        }
+        let chunk: Chunk = serde_json::from_str(data)?;
+        if let Some(error) = chunk.error {
+            tracing::warn!(%error, "upstream reported an error in its stream");
+            return Err(Fault::Upstream(StreamError::UpstreamError));
+        }
+        if let Some(u) = chunk.usage.or(chunk.x_groq.and_then(|x| x.usage)) {
+            self.usage = Some(Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            });
+        }
+        let mut events = Vec::new();
+        if let Some(choice) = chunk.choices.unwrap_or_default().into_iter().next() {
+            let delta = choice.delta.unwrap_or_default();
+            if let Some(text) = delta.reasoning_content.filter(|t| !t.is_empty()) {
+                events.push(LlmEvent::Reasoning(text));
+            }
+            if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                events.push(LlmEvent::Token(text));
+            }
+            if choice.finish_reason.is_some() {
+                self.finish_reason = choice.finish_reason;
+            }
+        }
+        Ok(events)
+    }
+
+    /// No `[DONE]`: the answer is complete only if the upstream said why it finished.
+    fn end(self) -> Option<LlmEvent> {
+        self.finish_reason
+            .is_some()
+            .then(|| finish(self.finish_reason, self.usage))
+    }
 }
 
 impl OpenAi {
@@ -121,58 +177,7 @@ impl OpenAi {
                     include_usage: true,
                 },
             });
-        let upstream = self.upstream.clone();
-        Box::pin(stream! {
-            let response = match upstream.open(request).await {
-                Ok(response) => response,
-                Err(error) => { yield Err(error); return; }
-            };
-            let mut events = std::pin::pin!(upstream.events(response));
-            let mut finish_reason = None;
-            let mut usage = None;
-            let mut malformed = 0_u32;
-            while let Some(data) = events.next().await {
-                let data = match data {
-                    Ok(data) => data,
-                    Err(error) => { yield Err(error); return; }
-                };
-                if data.trim() == "[DONE]" {
-                    yield Ok(finish(finish_reason.take(), usage.take()));
-                    return;
-                }
-                let chunk: Chunk = match serde_json::from_str(&data) {
-                    Ok(chunk) => chunk,
-                    Err(error) => {
-                        malformed += 1;
-                        tracing::debug!(%error, malformed, "skipped a malformed upstream chunk");
-                        continue;
-                    }
-                };
-                if let Some(error) = chunk.error {
-                    tracing::warn!(%error, "upstream reported an error in its stream");
-                    yield Err(StreamError::UpstreamError);
-                    return;
-                }
-                if let Some(u) = chunk.usage {
-                    usage = Some(Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens });
-                }
-                for choice in chunk.choices.into_iter().take(1) {
-                    if let Some(text) = choice.delta.reasoning_content.filter(|t| !t.is_empty()) {
-                        yield Ok(LlmEvent::Reasoning(text));
-                    }
-                    if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
-                        yield Ok(LlmEvent::Token(text));
-                    }
-                    if choice.finish_reason.is_some() {
-                        finish_reason = choice.finish_reason;
-                    }
-                }
-            }
-            // No [DONE]: the answer is complete only if the upstream said why it finished.
-            if finish_reason.is_some() {
-                yield Ok(finish(finish_reason, usage));
-            }
-        })
+        self.upstream.stream(request, ChunkDecoder::default())
     }
 }
 

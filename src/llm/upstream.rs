@@ -1,23 +1,68 @@
-//! What every HTTP provider shares: the client with its timeouts, the mapping of HTTP failures
-//! onto our error codes, and the upstream's SSE decoded with an idle timeout.
+//! What every HTTP provider shares: the client with its timeouts, the call with its retries before
+//! the first event, the mapping of HTTP failures onto our error codes, and the upstream's SSE
+//! decoded with an idle timeout and handed, event by event, to the provider's [`Decoder`].
 
 use std::time::Duration;
 
+use async_stream::stream;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use sse_stream::SseByteStream;
+use tokio::time::Instant;
 
+use super::{EventStream, LlmEvent};
 use crate::{config::Config, error::StreamError};
 
-/// The upstream HTTP client and the timeouts that bound each call.
+/// The upstream HTTP client and the limits that bound each call.
 #[derive(Clone)]
 pub struct Upstream {
     client: reqwest::Client,
     idle_timeout: Duration,
+    /// The whole answer's budget: no retry wait may run past it.
+    budget: Duration,
+    retries: u32,
+}
+
+/// A provider's reading of its upstream's SSE: each event's data in, our events out.
+/// Each provider keeps its wire format private behind one of these.
+pub trait Decoder: Send + 'static {
+    /// One upstream event's data: the events to pass on (a `Finish` completes the answer).
+    fn feed(&mut self, data: &str) -> Result<Vec<LlmEvent>, Fault>;
+
+    /// The body ended before a `Finish`: the last event, if the answer is complete anyway.
+    fn end(self) -> Option<LlmEvent>;
+}
+
+/// Why an upstream event gave no events.
+#[derive(Debug)]
+pub enum Fault {
+    /// Not the JSON we expect: skipped, counted and logged, never fatal.
+    Malformed(serde_json::Error),
+    /// The upstream reported an error inside its stream: it ends the answer.
+    Upstream(StreamError),
+}
+
+impl From<serde_json::Error> for Fault {
+    fn from(error: serde_json::Error) -> Self {
+        Self::Malformed(error)
+    }
 }
 
 /// The most of an error body kept for the log: enough to diagnose, never sent to the client.
 const ERROR_BODY_LOG_BYTES: usize = 2048;
+
+/// The first retry's wait before jitter; each further retry doubles it.
+const RETRY_BASE: Duration = Duration::from_millis(250);
+
+/// The longest `Retry-After` we wait out: past it, a person is better told to come back later.
+const RETRY_AFTER_CAP_SECS: u64 = 10;
+
+/// A failed attempt: what the client would be told, and what decides whether to try again.
+struct Failure {
+    error: StreamError,
+    status: Option<u16>,
+    retry_after: Option<u64>,
+}
 
 /// Why reading the upstream's body stopped.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +82,8 @@ impl Upstream {
         Ok(Self {
             client,
             idle_timeout: config.upstream_idle_timeout(),
+            budget: config.stream_timeout(),
+            retries: config.llm_retries,
         })
     }
 
@@ -44,23 +91,129 @@ impl Upstream {
         &self.client
     }
 
-    /// Sends the request and maps a failure onto the in-band error the client will see.
-    pub async fn open(&self, request: RequestBuilder) -> Result<Response, StreamError> {
+    /// The answer to `request`, decoded by `decoder`: the call (with its retries), then each
+    /// upstream event through the decoder, until a `Finish`, an error or the end of the body.
+    /// Nothing is sent until the stream is first polled; dropping it closes the connection.
+    pub fn stream<D: Decoder>(&self, request: RequestBuilder, mut decoder: D) -> EventStream {
+        let upstream = self.clone();
+        // Taken now, a moment before the handler starts the same budget's clock: never later than it.
+        let deadline = Instant::now() + self.budget;
+        Box::pin(stream! {
+            // Retries happen only here, before the first event: once one has gone out, never.
+            let response = match upstream.open(request, deadline).await {
+                Ok(response) => response,
+                Err(error) => { yield Err(error); return; }
+            };
+            let mut events = std::pin::pin!(upstream.events(response));
+            let mut malformed = 0_u32;
+            while let Some(data) = events.next().await {
+                let data = match data {
+                    Ok(data) => data,
+                    Err(error) => { yield Err(error); return; }
+                };
+                match decoder.feed(&data) {
+                    Ok(decoded) => for event in decoded {
+                        let last = matches!(event, LlmEvent::Finish(_));
+                        yield Ok(event);
+                        if last { return; }
+                    },
+                    Err(Fault::Malformed(error)) => {
+                        malformed += 1;
+                        tracing::debug!(%error, malformed, "skipped a malformed upstream event");
+                    }
+                    Err(Fault::Upstream(error)) => { yield Err(error); return; }
+                }
+            }
+            if let Some(event) = decoder.end() {
+                yield Ok(event);
+            }
+        })
+    }
+
+    /// Sends the request, retrying connect errors, 5xx (529 included) and 429 up to
+    /// LLM_RETRIES times with jittered exponential backoff or the upstream's `Retry-After`, as
+    /// long as the wait ends before `deadline`; a failure is mapped onto the in-band error the
+    /// client will see.
+    pub async fn open(
+        &self,
+        request: RequestBuilder,
+        deadline: Instant,
+    ) -> Result<Response, StreamError> {
+        let mut attempt = 0_u32;
+        loop {
+            attempt += 1;
+            // A JSON body always clones; a streaming one could not be sent twice.
+            let Some(this_try) = request.try_clone() else {
+                return self.send(request).await.map_err(|failure| failure.error);
+            };
+            let failure = match self.send(this_try).await {
+                Ok(response) => return Ok(response),
+                Err(failure) => failure,
+            };
+            let Some(wait) = self.retry_wait(&failure, attempt, deadline) else {
+                return Err(failure.error);
+            };
+            tracing::warn!(
+                attempt,
+                retries = self.retries,
+                status = failure.status,
+                wait_ms = wait.as_millis() as u64,
+                error = failure.error.code(),
+                "upstream call failed before the first token; retrying"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One attempt.
+    async fn send(&self, request: RequestBuilder) -> Result<Response, Failure> {
+        let failed = |error| Failure {
+            error,
+            status: None,
+            retry_after: None,
+        };
         let response = tokio::time::timeout(self.idle_timeout, request.send())
             .await
-            .map_err(|_| StreamError::Timeout)?
+            .map_err(|_| failed(StreamError::Timeout))?
             .map_err(|error| {
                 tracing::warn!(error = %error.without_url(), "upstream request failed");
-                StreamError::UpstreamUnavailable
+                failed(StreamError::UpstreamUnavailable)
             })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
-        let error = status_error(status, &response);
+        let failure = Failure {
+            error: status_error(status, &response),
+            status: Some(status.as_u16()),
+            retry_after: retry_after(&response),
+        };
         let body = error_body(response).await;
         tracing::warn!(status = status.as_u16(), body = %body, "upstream refused the request");
-        Err(error)
+        Err(failure)
+    }
+
+    /// How long to wait before trying `failure`'s call again, or `None` to give up: it cannot
+    /// help (4xx but 429, a timeout), the retries are spent, the upstream asks for a longer wait
+    /// than we hold a person for, or the wait would outlast the answer's budget.
+    fn retry_wait(&self, failure: &Failure, attempt: u32, deadline: Instant) -> Option<Duration> {
+        let transient = matches!(
+            failure.error,
+            StreamError::UpstreamUnavailable | StreamError::UpstreamRateLimited { .. }
+        );
+        if !transient || attempt > self.retries {
+            return None;
+        }
+        // 250 ms, 500 ms, 1 s … each ±50%, so that many streams failing together spread out.
+        let backoff = RETRY_BASE
+            .saturating_mul(1 << (attempt - 1).min(16))
+            .mul_f64(0.5 + fastrand::f64());
+        let wait = match failure.retry_after {
+            Some(secs) if secs > RETRY_AFTER_CAP_SECS => return None,
+            Some(secs) => backoff.max(Duration::from_secs(secs)),
+            None => backoff,
+        };
+        (Instant::now() + wait < deadline).then_some(wait)
     }
 
     /// The upstream's SSE events' data, in order; ends at the end of the body.

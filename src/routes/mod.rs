@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod limits;
+pub mod metrics;
 pub mod page;
 pub mod stream;
 

@@ -8,3 +8,5 @@
 mod helpers;
 mod mock_upstream;
 mod stream;
+mod limits;
+mod nginx;

@@ -80,6 +80,8 @@ impl Reply {
 pub struct Recorded {
     pub head: String,
     pub body: String,
+    /// When the whole request had arrived.
+    pub received_at: Instant,
 }
 
 impl Recorded {
@@ -319,6 +321,7 @@ async fn read_request(socket: &mut TcpStream) -> Option<Recorded> {
     Some(Recorded {
         head,
         body: String::from_utf8_lossy(&data[head_end..]).into_owned(),
+        received_at: Instant::now(),
     })
 }
 
@@ -360,6 +363,79 @@ pub mod openai {
             steps.push(token(t));
         }
         steps.extend([finish("stop"), usage(9, tokens.len() as u64), done()]);
+        steps
+    }
+}
+
+/// Anthropic Messages stream events: a helper to script a stream.
+pub mod anthropic {
+    use super::Step;
+    use serde_json::json;
+
+    /// One event, named as Anthropic names it, its `type` repeated in the data.
+    pub fn event(json: serde_json::Value) -> Step {
+        let name = json["type"].as_str().unwrap_or("message").to_owned();
+        Step::Write(format!("event: {name}\ndata: {json}\n\n").into_bytes())
+    }
+
+    pub fn message_start(input_tokens: u64) -> Step {
+        event(json!({"type":"message_start","message":{
+            "id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","content":[],
+            "model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,
+            "usage":{"input_tokens":input_tokens,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}}}))
+    }
+
+    pub fn block_start(index: u32, kind: &str) -> Step {
+        let block = match kind {
+            "thinking" => json!({"type":"thinking","thinking":""}),
+            _ => json!({"type":"text","text":""}),
+        };
+        event(json!({"type":"content_block_start","index":index,"content_block":block}))
+    }
+
+    pub fn text(index: u32, text: &str) -> Step {
+        event(
+            json!({"type":"content_block_delta","index":index,"delta":{"type":"text_delta","text":text}}),
+        )
+    }
+
+    pub fn thinking(index: u32, thinking: &str) -> Step {
+        event(json!({"type":"content_block_delta","index":index,"delta":{"type":"thinking_delta","thinking":thinking}}))
+    }
+
+    pub fn signature(index: u32) -> Step {
+        event(json!({"type":"content_block_delta","index":index,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"}}))
+    }
+
+    pub fn block_stop(index: u32) -> Step {
+        event(json!({"type":"content_block_stop","index":index}))
+    }
+
+    pub fn ping() -> Step {
+        event(json!({"type":"ping"}))
+    }
+
+    pub fn message_delta(stop_reason: &str, output_tokens: u64) -> Step {
+        event(json!({"type":"message_delta","delta":{"stop_reason":stop_reason,"stop_sequence":null},"usage":{"output_tokens":output_tokens}}))
+    }
+
+    pub fn message_stop() -> Step {
+        event(json!({"type":"message_stop"}))
+    }
+
+    pub fn error(kind: &str, message: &str) -> Step {
+        event(json!({"type":"error","error":{"type":kind,"message":message}}))
+    }
+
+    /// A whole message: start, a ping, one text block of these deltas, the stop reason and usage, stop.
+    pub fn answer(texts: &[&str], stop_reason: &str) -> Vec<Step> {
+        let mut steps = vec![message_start(12), block_start(0, "text"), ping()];
+        steps.extend(texts.iter().map(|t| text(0, t)));
+        steps.extend([
+            block_stop(0),
+            message_delta(stop_reason, texts.len() as u64),
+            message_stop(),
+        ]);
         steps
     }
 }

@@ -1,0 +1,102 @@
+//! What an operator watches: the metric names, the one recorder the process holds, and a helper
+//! for each thing worth counting. `GET /metrics` renders them in Prometheus text format.
+//!
+//! Streams are counted once, when their [`crate::telemetry::StreamReport`] is dropped; requests
+//! refused before any stream are counted apart, by the refusal's code.
+
+use std::{sync::OnceLock, time::Duration};
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::Refusal;
+
+/// Streams open now (gauge).
+pub const STREAMS_OPEN: &str = "llm_stream_streams_open";
+/// Streams ended, by `outcome`: `done`, an in-band error code, or `client_gone`.
+pub const STREAMS: &str = "llm_stream_streams_total";
+/// Requests refused before any stream, by `reason`: `rate_limited`, `too_many_streams`,
+/// `at_capacity`, `invalid_query`.
+pub const REFUSALS: &str = "llm_stream_refusals_total";
+/// Time from the request to the first token or reasoning delta sent.
+pub const FIRST_TOKEN: &str = "llm_stream_first_token_seconds";
+/// Time from the request to the end of the stream.
+pub const DURATION: &str = "llm_stream_stream_duration_seconds";
+/// Tokens sent to clients.
+pub const TOKENS: &str = "llm_stream_tokens_sent_total";
+/// Upstream responses, by `status`: the HTTP status, or `error` when no response came.
+pub const UPSTREAM: &str = "llm_stream_upstream_responses_total";
+
+/// Bucket bounds: a first token is expected within a second or two, an answer within a minute.
+const FIRST_TOKEN_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const DURATION_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// How often histogram samples are folded in when nobody scrapes, so they never pile up.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's recorder, installed on first use: the global recorder can be set only once, and
+/// the tests build many applications in one process, so they all share it.
+pub fn handle() -> PrometheusHandle {
+    HANDLE.get_or_init(install).clone()
+}
+
+fn install() -> PrometheusHandle {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(FIRST_TOKEN.into()), FIRST_TOKEN_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DURATION.into()), DURATION_BUCKETS))
+        .unwrap_or_else(|_| unreachable!("the bucket lists are not empty"));
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        // Another recorder came first (an embedding program's): /metrics renders nothing of ours.
+        tracing::warn!("a metrics recorder was already installed; /metrics will stay empty");
+    }
+    describe_gauge!(STREAMS_OPEN, "Streams open now.");
+    describe_counter!(STREAMS, "Streams ended, by outcome.");
+    describe_counter!(REFUSALS, "Requests refused before any stream, by reason.");
+    describe_histogram!(FIRST_TOKEN, Unit::Seconds, "Time to the first token sent.");
+    describe_histogram!(DURATION, Unit::Seconds, "Time from request to the stream's end.");
+    describe_counter!(TOKENS, "Tokens sent to clients.");
+    describe_counter!(UPSTREAM, "Upstream responses, by HTTP status (error: none came).");
+    handle
+}
+
+/// Sets the open-streams gauge; read from the stream slots at each scrape, so it cannot drift.
+pub fn streams_open(open: u32) {
+    gauge!(STREAMS_OPEN).set(f64::from(open));
+}
+
+/// One stream's end, however it ended.
+pub fn stream_ended(
+    outcome: &'static str,
+    first_token: Option<Duration>,
+    duration: Duration,
+    tokens: u64,
+) {
+    counter!(STREAMS, "outcome" => outcome).increment(1);
+    if let Some(first_token) = first_token {
+        histogram!(FIRST_TOKEN).record(first_token.as_secs_f64());
+    }
+    histogram!(DURATION).record(duration.as_secs_f64());
+    counter!(TOKENS).increment(tokens);
+}
+
+/// A request refused before any stream (by a limit, or for its query).
+pub fn refused(refusal: &Refusal) {
+    counter!(REFUSALS, "reason" => refusal.code()).increment(1);
+}
+
+/// The upstream's answer to a request: its status, or `error` when the request failed.
+pub fn upstream_response<E>(sent: &Result<reqwest::Response, E>) {
+    let status = match sent {
+        Ok(response) => response.status().as_str().to_owned(),
+        Err(_) => "error".to_owned(),
+    };
+    counter!(UPSTREAM, "status" => status).increment(1);
+}

@@ -1,0 +1,16 @@
+//! `GET /metrics`: Prometheus text format, on the main listener or on METRICS_ADDR's own.
+
+use actix_web::{HttpResponse, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::limits::Limits;
+
+pub async fn metrics(
+    handle: web::Data<PrometheusHandle>,
+    limits: web::Data<Limits>,
+) -> HttpResponse {
+    crate::metrics::streams_open(limits.streams_open());
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(handle.render())
+}
