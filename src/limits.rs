@@ -179,7 +179,7 @@ impl Rate {
         // Returning `Err` leaves the state as it was: a read, not a spend.
         let tat = match self
             .store
-            .measure_and_replace(&client, |tat| Err::<((), Nanos), _>(tat))
+            .measure_and_replace(&client, Err::<((), Nanos), _>)
         {
             Ok(()) => None,
             Err(tat) => tat,
@@ -271,11 +271,12 @@ impl Limits {
     pub fn acquire(&self, client: ClientId) -> Result<StreamSlot, Refusal> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if open.total >= self.max_streams {
-            return Err(Refusal::AtCapacity);
+            return Err(Refusal::AtCapacity).inspect_err(crate::metrics::refused);
         }
         let count = open.per_client.entry(client).or_default();
         if *count >= self.max_streams_per_client {
-            return Err(Refusal::TooManyStreams(self.max_streams_per_client));
+            return Err(Refusal::TooManyStreams(self.max_streams_per_client))
+                .inspect_err(crate::metrics::refused);
         }
         *count += 1;
         open.total += 1;
@@ -351,6 +352,7 @@ pub async fn rate_limit(
         Ok(budget) => (budget, next.call(request).await?.map_into_boxed_body()),
         Err(wait) => {
             let refusal = Refusal::RateLimited { retry_after: wait };
+            crate::metrics::refused(&refusal);
             let budget = rate.budget(0);
             let budget = Budget {
                 reset_secs: budget.reset_secs.max(crate::error::ceil_secs(wait)),

@@ -6,7 +6,9 @@
 
 use std::{sync::OnceLock, time::Duration};
 
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::Refusal;
@@ -61,9 +63,16 @@ fn install() -> PrometheusHandle {
     describe_counter!(STREAMS, "Streams ended, by outcome.");
     describe_counter!(REFUSALS, "Requests refused before any stream, by reason.");
     describe_histogram!(FIRST_TOKEN, Unit::Seconds, "Time to the first token sent.");
-    describe_histogram!(DURATION, Unit::Seconds, "Time from request to the stream's end.");
+    describe_histogram!(
+        DURATION,
+        Unit::Seconds,
+        "Time from request to the stream's end."
+    );
     describe_counter!(TOKENS, "Tokens sent to clients.");
-    describe_counter!(UPSTREAM, "Upstream responses, by HTTP status (error: none came).");
+    describe_counter!(
+        UPSTREAM,
+        "Upstream responses, by HTTP status (error: none came)."
+    );
     handle
 }
 

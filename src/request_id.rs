@@ -4,7 +4,7 @@
 
 use actix_web::{
     Error, HttpMessage, HttpRequest,
-    body::{EitherBody, MessageBody},
+    body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
     http::header::{HeaderName, HeaderValue},
     middleware::Next,
@@ -73,17 +73,14 @@ fn is_sane(id: &str) -> bool {
 pub async fn request_id(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let id = RequestId::from_header(request.headers().get(HEADER));
     let header = HeaderValue::from_str(id.as_str()).ok();
     let span = tracing::info_span!("request", request_id = %id);
     request.extensions_mut().insert(id);
-    let http_request = request.request().clone();
-    let mut response = match next.call(request).instrument(span).await {
-        Ok(response) => response.map_into_left_body(),
-        // An error from inside still gets its id, so the caller can quote it.
-        Err(error) => ServiceResponse::from_err(error, http_request).map_into_right_body(),
-    };
+    // Handlers' errors are already responses here; an error from a middleware passes through
+    // without the header (holding a clone of the request would stop NormalizePath rewriting it).
+    let mut response = next.call(request).instrument(span).await?;
     if let Some(header) = header {
         response.headers_mut().insert(HEADER, header);
     }

@@ -110,11 +110,38 @@
     return el.scrollHeight - el.scrollTop - el.clientHeight <= FOLLOW_THRESHOLD_PX;
   }
 
+  // Whether the answer's view follows the newest text. A reader who scrolls
+  // up (wheel, keys, touch, scrollbar) stops it at once, before a smooth
+  // scroll has moved far enough for isNearBottom to notice; scrolling back
+  // down to the bottom resumes it.
+  var following = true;
+  var lastAnswerTop = 0;
+
+  function resetFollowing() {
+    following = true;
+    answerEl.scrollTop = 0;
+    lastAnswerTop = 0;
+  }
+
+  answerEl.addEventListener("wheel", function (ev) {
+    if (ev.deltaY < 0) following = false;
+  }, { passive: true });
+
+  answerEl.addEventListener("scroll", function () {
+    var top = answerEl.scrollTop;
+    if (top < lastAnswerTop - 1) {
+      following = false;
+    } else if (isNearBottom(answerEl)) {
+      following = true;
+    }
+    lastAnswerTop = top;
+  }, { passive: true });
+
   // Append text to a container through a single Text node, following the
-  // newest text only if the reader was already at (or near) the bottom.
+  // newest text unless the reader has scrolled up to read.
   function appendText(el, key, text) {
     if (!text) return;
-    var follow = isNearBottom(el);
+    var follow = el === answerEl ? following : isNearBottom(el);
     var node = run[key];
     if (!node || node.parentNode !== el) {
       node = document.createTextNode("");
@@ -203,7 +230,7 @@
     clearError();
 
     answerEl.textContent = "";
-    answerEl.scrollTop = 0;
+    resetFollowing();
     reasoningEl.textContent = "";
     thinking.hidden = true;
     thinking.open = false;

@@ -119,7 +119,10 @@ struct EventDecoder {
 impl EventDecoder {
     fn count(&mut self, usage: WireUsage) {
         // Cached input is input too, as OpenAI's `prompt_tokens` counts it.
-        let cached = [usage.cache_creation_input_tokens, usage.cache_read_input_tokens];
+        let cached = [
+            usage.cache_creation_input_tokens,
+            usage.cache_read_input_tokens,
+        ];
         if let Some(input) = usage.input_tokens {
             self.prompt_tokens = Some(input + cached.into_iter().flatten().sum::<u64>());
         }
@@ -134,12 +137,11 @@ impl EventDecoder {
             Some("max_tokens") => "length".to_owned(),
             Some(other) => other.to_owned(),
         };
-        let usage = (self.prompt_tokens.is_some() || self.completion_tokens.is_some()).then(|| {
-            Usage {
+        let usage =
+            (self.prompt_tokens.is_some() || self.completion_tokens.is_some()).then(|| Usage {
                 prompt_tokens: self.prompt_tokens.unwrap_or(0),
                 completion_tokens: self.completion_tokens.unwrap_or(0),
-            }
-        });
+            });
         Finish {
             finish_reason,
             usage,
@@ -157,9 +159,7 @@ impl Decoder for EventDecoder {
                 None
             }
             StreamEvent::ContentBlockDelta { delta } => match delta {
-                ContentDelta::TextDelta { text } if !text.is_empty() => {
-                    Some(LlmEvent::Token(text))
-                }
+                ContentDelta::TextDelta { text } if !text.is_empty() => Some(LlmEvent::Token(text)),
                 ContentDelta::ThinkingDelta { thinking } if !thinking.is_empty() => {
                     Some(LlmEvent::Reasoning(thinking))
                 }

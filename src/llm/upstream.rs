@@ -134,7 +134,7 @@ impl Upstream {
     /// LLM_RETRIES times with jittered exponential backoff or the upstream's `Retry-After`, as
     /// long as the wait ends before `deadline`; a failure is mapped onto the in-band error the
     /// client will see.
-    pub async fn open(
+    async fn open(
         &self,
         request: RequestBuilder,
         deadline: Instant,
@@ -174,6 +174,7 @@ impl Upstream {
         };
         let response = tokio::time::timeout(self.idle_timeout, request.send())
             .await
+            .inspect(crate::metrics::upstream_response)
             .map_err(|_| failed(StreamError::Timeout))?
             .map_err(|error| {
                 tracing::warn!(error = %error.without_url(), "upstream request failed");
@@ -218,7 +219,7 @@ impl Upstream {
 
     /// The upstream's SSE events' data, in order; ends at the end of the body.
     /// A read error ends it with `StreamInterrupted`, silence longer than the idle timeout with `Timeout`.
-    pub fn events(
+    fn events(
         &self,
         response: Response,
     ) -> impl Stream<Item = Result<String, StreamError>> + Send + use<> {

@@ -16,6 +16,7 @@ use crate::{
     error::{Refusal, StreamError},
     limits::{ClientId, Limits, StreamSlot},
     llm::{EventStream, LlmEvent, Provider},
+    request_id::RequestId,
     sse::{frames, new_stream_id},
     telemetry::StreamReport,
 };
@@ -42,13 +43,14 @@ pub async fn stream(
     if request.headers().contains_key("last-event-id") {
         return Ok(HttpResponse::NoContent().finish());
     }
-    let question = validate(params.into_inner().q, config.max_query_chars as usize)?;
+    let question = validate(params.into_inner().q, config.max_query_chars as usize)
+        .inspect_err(crate::metrics::refused)?;
     let client = ClientId::of(&request, &config);
     let slot = limits.acquire(client)?;
 
     let stream_id = new_stream_id();
     let events = pump(
-        provider.stream(&question, &stream_id),
+        provider.stream(&question, RequestId::of(&request).as_str()),
         config.stream_timeout(),
         shutdown.0.clone(),
         slot,
@@ -113,7 +115,8 @@ fn pump(
     // The reason a stream ended early travels apart from the events, so that it is never stuck
     // behind a full buffer; the body reads it after the events it follows.
     let (end_tx, end_rx) = oneshot::channel();
-    tokio::spawn(async move {
+    // In the request's span, so that its log lines carry the request id.
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         let _slot = slot;
         let end = loop {
             let event = tokio::select! {
@@ -139,7 +142,7 @@ fn pump(
             }
         };
         let _ = end_tx.send(end);
-    });
+    }));
     let events = futures_util::stream::unfold(events_rx, |mut rx| async move {
         rx.recv().await.map(|event| (Ok(event), rx))
     });

@@ -5,8 +5,13 @@
     reason = "a test fails loudly on anything unexpected"
 )]
 
+mod browser;
+mod config;
 mod helpers;
-mod mock_upstream;
-mod stream;
 mod limits;
+mod metrics;
+mod mock_upstream;
 mod nginx;
+mod page;
+mod providers;
+mod stream;

@@ -259,16 +259,11 @@ impl MockUpstream {
                 Step::Flood => {
                     let chunk = b"data: {\"choices\":[{\"delta\":{\"content\":\"flood \"}}]}\n\n"
                         .repeat(64);
-                    loop {
-                        match tokio::time::timeout(
-                            Duration::from_millis(500),
-                            writer.write_all(&chunk),
-                        )
-                        .await
-                        {
-                            Ok(Ok(())) => self.update(|s| s.flooded += chunk.len()),
-                            _ => break,
-                        }
+                    while let Ok(Ok(())) =
+                        tokio::time::timeout(Duration::from_millis(500), writer.write_all(&chunk))
+                            .await
+                    {
+                        self.update(|s| s.flooded += chunk.len());
                     }
                     self.update(|s| s.stalled = true);
                 }
@@ -400,11 +395,15 @@ pub mod anthropic {
     }
 
     pub fn thinking(index: u32, thinking: &str) -> Step {
-        event(json!({"type":"content_block_delta","index":index,"delta":{"type":"thinking_delta","thinking":thinking}}))
+        event(
+            json!({"type":"content_block_delta","index":index,"delta":{"type":"thinking_delta","thinking":thinking}}),
+        )
     }
 
     pub fn signature(index: u32) -> Step {
-        event(json!({"type":"content_block_delta","index":index,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"}}))
+        event(
+            json!({"type":"content_block_delta","index":index,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"}}),
+        )
     }
 
     pub fn block_stop(index: u32) -> Step {
@@ -416,7 +415,9 @@ pub mod anthropic {
     }
 
     pub fn message_delta(stop_reason: &str, output_tokens: u64) -> Step {
-        event(json!({"type":"message_delta","delta":{"stop_reason":stop_reason,"stop_sequence":null},"usage":{"output_tokens":output_tokens}}))
+        event(
+            json!({"type":"message_delta","delta":{"stop_reason":stop_reason,"stop_sequence":null},"usage":{"output_tokens":output_tokens}}),
+        )
     }
 
     pub fn message_stop() -> Step {

@@ -3,289 +3,19 @@
 //! variant, the one directive it is about), and runs nginx in the foreground with a temporary
 //! prefix in front of the real application and the mock upstream.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
-};
+mod harness;
+
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
 use crate::{
-    helpers::{Answer, CLIENT, DEADLINE, SseReader, TestApp, spawn_app_with, spawn_with_config},
+    helpers::{Answer, CLIENT, DEADLINE, TestApp, spawn_app_with, spawn_with_config},
     mock_upstream::{End, MockUpstream, Reply, Step, openai},
 };
+use harness::{Nginx, Site, TempDir, nginx_accepts, self_signed_certificate};
 
 const MS: Duration = Duration::from_millis(1);
-
-// --- The harness -------------------------------------------------------------------------------
-
-/// A shipped site file with the test's substitutions applied.
-struct Site {
-    text: String,
-    /// Extra directives for the http{} context around the site.
-    http: String,
-}
-
-impl Site {
-    /// `nginx/<file>` as shipped.
-    fn shipped(file: &str) -> Self {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx").join(file);
-        let text = fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read the shipped {}: {e}", path.display()));
-        Self {
-            text,
-            http: String::new(),
-        }
-    }
-
-    /// `nginx/llm-stream.conf` in front of these app instances, listening on loopback (the port is
-    /// picked when nginx starts).
-    fn plain(apps: &[&TestApp]) -> Self {
-        Self::shipped("llm-stream.conf").upstreams(apps)
-    }
-
-    /// Replaces the one upstream `server` line with one line per app.
-    fn upstreams(self, apps: &[&TestApp]) -> Self {
-        let servers: String = apps
-            .iter()
-            .map(|app| format!("    server 127.0.0.1:{};\n", app.port))
-            .collect();
-        self.replace("    server 127.0.0.1:4001;\n", &servers)
-    }
-
-    /// Replaces text that must occur exactly once, so that a change to the shipped file makes the
-    /// test fail by name instead of silently testing something else.
-    fn replace(mut self, from: &str, to: &str) -> Self {
-        let found = self.text.matches(from).count();
-        assert_eq!(
-            found, 1,
-            "the shipped nginx config should hold {from:?} exactly once, found {found}"
-        );
-        self.text = self.text.replacen(from, to, 1);
-        self
-    }
-
-    fn http(mut self, directives: &str) -> Self {
-        self.http.push_str(directives);
-        self.http.push('\n');
-        self
-    }
-}
-
-/// The nginx binary, or a loud failure naming the package: these tests are never skipped.
-fn nginx_binary() -> &'static str {
-    const DEBIAN: &str = "/usr/sbin/nginx";
-    if Path::new(DEBIAN).exists() {
-        return DEBIAN;
-    }
-    match Command::new("nginx").arg("-v").output() {
-        Ok(_) => "nginx",
-        Err(_) => panic!(
-            "nginx is not installed; the nginx tests need it: `sudo apt-get install nginx` \
-             (Debian/Ubuntu package `nginx`)"
-        ),
-    }
-}
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "llm-stream-nginx-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create the nginx prefix");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A free loopback port: bound, read back and released for nginx to take. Another process may
-/// take it in between; [`Nginx::start`] then tries again with a new one.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("find a free port")
-        .port()
-}
-
-/// Writes `nginx.conf` around the site: one foreground process, everything under `dir`.
-fn write_config(dir: &Path, site: &Site, listen: &[(&str, u16)]) -> PathBuf {
-    let mut text = site.text.clone();
-    for (line, port) in listen {
-        let to = line.replacen("listen 80", &format!("listen 127.0.0.1:{port}"), 1);
-        let to = to.replacen("listen 443", &format!("listen 127.0.0.1:{port}"), 1);
-        text = Site { text, http: String::new() }.replace(line, &to).text;
-    }
-    fs::write(dir.join("llm-stream.conf"), text).expect("write the site");
-    let d = dir.display();
-    let config = format!(
-        "daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-lock_file {d}/nginx.lock;
-error_log stderr warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-{http}
-    include {d}/llm-stream.conf;
-}}
-",
-        http = site.http
-    );
-    let path = dir.join("nginx.conf");
-    fs::write(&path, config).expect("write nginx.conf");
-    path
-}
-
-/// A running nginx, killed (and its prefix removed) on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: TempDir,
-}
-
-impl Nginx {
-    /// Starts nginx in front of the site and waits until its port accepts connections.
-    async fn start(site: Site) -> Self {
-        const LISTEN: &str = "    listen 80;\n";
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let dir = TempDir::new();
-            let port = free_port();
-            let config = write_config(&dir.0, &site, &[(LISTEN, port)]);
-            let log = fs::File::create(dir.0.join("stderr.log")).expect("create the log");
-            let child = Command::new(nginx_binary())
-                .arg("-p")
-                .arg(&dir.0)
-                .arg("-c")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start nginx");
-            let mut nginx = Self { child, port, dir };
-            match nginx.ready().await {
-                Ok(()) => return nginx,
-                Err(log) if log.contains("Address already in use") && attempts < 5 => continue,
-                Err(log) => panic!("nginx did not start:\n{log}"),
-            }
-        }
-    }
-
-    /// Polls the port until it accepts a connection; the log if nginx exited instead.
-    async fn ready(&mut self) -> Result<(), String> {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("exited with {status}\n{}", self.log()));
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            assert!(
-                Instant::now() < until,
-                "nginx not listening after {DEADLINE:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(20 * MS).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn stream_url(&self, question: &str) -> String {
-        let mut url = reqwest::Url::parse(&self.url("/api/stream")).expect("url");
-        url.query_pairs_mut().append_pair("q", question);
-        url.to_string()
-    }
-
-    async fn open(&self, headers: &[(&str, &str)]) -> SseReader {
-        SseReader::get(self.stream_url("hello"), headers).await
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `nginx -t` on a site, with every listen line moved to a free loopback port.
-fn nginx_accepts(site: &Site, listen: &[&str], dir: &TempDir) -> Result<String, String> {
-    let ports: Vec<(&str, u16)> = listen.iter().map(|line| (*line, free_port())).collect();
-    let config = write_config(&dir.0, site, &ports);
-    let output = Command::new(nginx_binary())
-        .arg("-t")
-        .arg("-p")
-        .arg(&dir.0)
-        .arg("-c")
-        .arg(&config)
-        .output()
-        .expect("run nginx -t");
-    let log = String::from_utf8_lossy(&output.stderr).into_owned();
-    if output.status.success() {
-        Ok(log)
-    } else {
-        Err(log)
-    }
-}
-
-/// A throwaway self-signed certificate and key in `dir`, made by the openssl CLI.
-fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let output = Command::new("openssl")
-        .args(["req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "the openssl CLI is needed for the TLS config test: `sudo apt-get install openssl` ({e})"
-            )
-        });
-    assert!(
-        output.status.success(),
-        "openssl could not make a certificate: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (cert, key)
-}
 
 /// The app on the OpenAI-compatible provider, its mock answering 20 tokens 100 ms apart.
 async fn app_with_twenty_slow_tokens() -> TestApp {
@@ -324,11 +54,18 @@ fn assert_arrived_token_by_token(answer: &Answer) {
 // --- The tests ---------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn nginx_accepts_the_shipped_plain_and_tls_configs() {
+async fn nginx_accepts_the_shipped_plain_and_tls_configs_with_and_without_the_optional_limits() {
     let plain = Site::shipped("llm-stream.conf");
-    let dir = TempDir::new();
-    if let Err(log) = nginx_accepts(&plain, &["    listen 80;\n"], &dir) {
-        panic!("nginx -t refused nginx/llm-stream.conf:\n{log}");
+    for (name, site) in [
+        ("nginx/llm-stream.conf", plain.clone()),
+        (
+            "nginx/llm-stream.conf with limit_req",
+            plain.with_first_line_of_defence(),
+        ),
+    ] {
+        if let Err(log) = nginx_accepts(&site, &["    listen 80;\n"], &TempDir::new()) {
+            panic!("nginx -t refused {name}:\n{log}");
+        }
     }
 
     let dir = TempDir::new();
@@ -343,8 +80,16 @@ async fn nginx_accepts_the_shipped_plain_and_tls_configs() {
             &key.display().to_string(),
         );
     let listen = ["    listen 80;\n", "    listen 443 ssl http2;\n"];
-    if let Err(log) = nginx_accepts(&tls, &listen, &dir) {
-        panic!("nginx -t refused nginx/llm-stream-tls.conf:\n{log}");
+    for (name, site) in [
+        ("nginx/llm-stream-tls.conf", tls.clone()),
+        (
+            "nginx/llm-stream-tls.conf with limit_req",
+            tls.with_first_line_of_defence(),
+        ),
+    ] {
+        if let Err(log) = nginx_accepts(&site, &listen, &dir) {
+            panic!("nginx -t refused {name}:\n{log}");
+        }
     }
 }
 
@@ -356,52 +101,112 @@ async fn tokens_reach_the_client_through_nginx_as_they_are_produced() {
     let answer = nginx.open(&[]).await.read_to_end().await;
 
     assert_arrived_token_by_token(&answer);
-    assert!(answer.header("content-encoding").is_none(), "{answer:?}");
+    assert_eq!(compressed(&answer.headers), None, "{:?}", answer.headers);
+}
+
+/// The response's Content-Encoding, when it is not the identity.
+fn compressed(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .filter(|e| *e != "identity")
+        .map(str::to_owned)
+}
+
+/// The common setting, server-wide: gzip on, and text/event-stream among its types.
+fn gzip_event_streams(site: Site) -> Site {
+    site.http("    gzip on;\n    gzip_types text/event-stream;").replace(
+        "    gzip_types text/css application/javascript application/json image/svg+xml;",
+        "    gzip_types text/css application/javascript application/json image/svg+xml text/event-stream;",
+    )
+}
+
+/// Adds a directive to the stream location (after its `proxy_cache off;`).
+fn in_stream_location(site: Site, directive: &str) -> Site {
+    site.replace(
+        "        proxy_cache off;\n",
+        &format!("        proxy_cache off;\n        {directive}\n"),
+    )
+}
+
+/// Hides the app's `Content-Encoding: identity` from nginx, which alone would stop its gzip.
+fn hide_app_content_encoding(site: Site) -> Site {
+    in_stream_location(site, "proxy_hide_header Content-Encoding;")
+}
+
+/// How long after the first piece of the body the last one arrived, read raw (no decoding).
+async fn body_spread(url: String, headers: &[(&str, &str)]) -> Duration {
+    let mut request = CLIENT.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = tokio::time::timeout(DEADLINE, request.send())
+        .await
+        .expect("response head in time")
+        .expect("request");
+    let mut body = response.bytes_stream();
+    let mut arrivals = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(DEADLINE, body.next())
+        .await
+        .expect("the body ends in time")
+    {
+        if !chunk.expect("read the body").is_empty() {
+            arrivals.push(Instant::now());
+        }
+    }
+    match (arrivals.first(), arrivals.last()) {
+        (Some(first), Some(last)) => *last - *first,
+        _ => panic!("an empty body"),
+    }
 }
 
 #[tokio::test]
 async fn the_apps_x_accel_buffering_header_keeps_the_stream_live_when_proxy_buffering_is_on() {
     let app = app_with_twenty_slow_tokens().await;
-    let buffered = || {
-        Site::plain(&[&app]).replace("        proxy_buffering off;", "        proxy_buffering on;")
+    let buffering = || {
+        Site::plain(&[&app]).replace(
+            "        proxy_buffering off;",
+            "        proxy_buffering on;",
+        )
     };
-    let nginx = Nginx::start(buffered()).await;
+    let nginx = Nginx::start(buffering()).await;
 
     let answer = nginx.open(&[]).await.read_to_end().await;
 
     assert_arrived_token_by_token(&answer);
 
-    // Control: the same nginx told to ignore the app's header holds the answer back.
-    let ignoring = Nginx::start(
-        buffered().replace(
-            "        proxy_cache off;",
-            "        proxy_cache off;\n        proxy_ignore_headers X-Accel-Buffering;",
-        ),
-    )
+    // Buffering alone passes each complete chunk of the app's chunked response on, so to see the
+    // header at work something must hold data back: gzip does, when nginx buffers. Honoured, the
+    // header keeps even that compressed stream live; ignored, the answer comes in one piece.
+    let compressing = || {
+        hide_app_content_encoding(gzip_event_streams(buffering()))
+            .replace("        gzip off;\n", "")
+    };
+    let honouring = Nginx::start(compressing()).await;
+    let ignoring = Nginx::start(in_stream_location(
+        compressing(),
+        "proxy_ignore_headers X-Accel-Buffering;",
+    ))
     .await;
-    let answer = ignoring.open(&[]).await.read_to_end().await;
-    let tokens: Vec<_> = answer.events.iter().filter(|e| e.json()["token"].is_string()).collect();
-    assert_eq!(tokens.len(), 20, "{}", answer.body);
-    let spread = tokens[19].at - tokens[0].at;
+    let gzip = [("accept-encoding", "gzip")];
+    let (honoured, ignored) = tokio::join!(
+        body_spread(honouring.stream_url("hello"), &gzip),
+        body_spread(ignoring.stream_url("hello"), &gzip),
+    );
     assert!(
-        spread < 500 * MS,
-        "control: with the header ignored nginx should buffer the answer, yet it spread over {spread:?}"
+        honoured > Duration::from_secs(1),
+        "with the header honoured the compressed stream came in {honoured:?}"
+    );
+    assert!(
+        ignored < 500 * MS,
+        "control: with the header ignored nginx should hold the answer back, yet it spread over {ignored:?}"
     );
 }
 
 #[tokio::test]
-async fn a_server_wide_gzip_for_event_streams_does_not_compress_or_hold_back_the_stream() {
+async fn a_server_wide_gzip_for_event_streams_neither_compresses_nor_holds_back_the_stream() {
     let app = app_with_twenty_slow_tokens().await;
-    // The common setting, server-wide: gzip on, and text/event-stream among the types.
-    let gzipping = || {
-        Site::plain(&[&app])
-            .http("    gzip on;\n    gzip_types text/event-stream;")
-            .replace(
-                "    gzip_types text/css application/javascript application/json image/svg+xml;",
-                "    gzip_types text/css application/javascript application/json image/svg+xml text/event-stream;",
-            )
-    };
-    let nginx = Nginx::start(gzipping()).await;
+    let nginx = Nginx::start(gzip_event_streams(Site::plain(&[&app]))).await;
 
     let answer = nginx
         .open(&[("accept-encoding", "gzip")])
@@ -409,31 +214,39 @@ async fn a_server_wide_gzip_for_event_streams_does_not_compress_or_hold_back_the
         .read_to_end()
         .await;
 
-    assert!(
-        answer.header("content-encoding").is_none(),
-        "the stream was compressed: {:?}",
-        answer.headers
-    );
+    assert_eq!(compressed(&answer.headers), None, "{:?}", answer.headers);
     assert_arrived_token_by_token(&answer);
 
-    // Control: without the stream location's "gzip off" this request is compressed, so the
-    // request above did ask for it.
-    let compressing = Nginx::start(gzipping().replace("        gzip off;\n", "")).await;
-    let response = CLIENT
-        .get(compressing.stream_url("hello"))
-        .header("accept-encoding", "gzip")
-        .send()
+    // Two defences stop gzip: the location's "gzip off" and the app's "Content-Encoding:
+    // identity". The shipped one holds by itself when the app's header is hidden from nginx,
+    // and without either this request is compressed, so the request above did ask for it.
+    let location_only = Nginx::start(hide_app_content_encoding(gzip_event_streams(Site::plain(
+        &[&app],
+    ))))
+    .await;
+    let neither = Nginx::start(
+        hide_app_content_encoding(gzip_event_streams(Site::plain(&[&app])))
+            .replace("        gzip off;\n", ""),
+    )
+    .await;
+    for (nginx, expected) in [(&location_only, None), (&neither, Some("gzip"))] {
+        let response = tokio::time::timeout(
+            DEADLINE,
+            CLIENT
+                .get(nginx.stream_url("hello"))
+                .header("accept-encoding", "gzip")
+                .send(),
+        )
         .await
+        .expect("response head in time")
         .expect("request");
-    assert_eq!(
-        response
-            .headers()
-            .get("content-encoding")
-            .and_then(|v| v.to_str().ok()),
-        Some("gzip"),
-        "control: {:?}",
-        response.headers()
-    );
+        assert_eq!(
+            compressed(response.headers()).as_deref(),
+            expected,
+            "{:?}",
+            response.headers()
+        );
+    }
 }
 
 #[tokio::test]
@@ -494,8 +307,9 @@ async fn keep_alive_comments_hold_a_slow_stream_open_past_nginxs_read_timeout() 
         openai::finish("stop"),
         openai::done(),
     ]);
-    let read_timeout_1s =
-        |app: &TestApp| Site::plain(&[app]).replace("proxy_read_timeout 75s;", "proxy_read_timeout 1s;");
+    let read_timeout_1s = |app: &TestApp| {
+        Site::plain(&[app]).replace("proxy_read_timeout 75s;", "proxy_read_timeout 1s;")
+    };
     let app = spawn_app_with(|c| c.keepalive_secs = 0.3).await;
     app.mock.always(slow.clone());
     let nginx = Nginx::start(read_timeout_1s(&app)).await;
@@ -506,7 +320,10 @@ async fn keep_alive_comments_hold_a_slow_stream_open_past_nginxs_read_timeout() 
     assert!(answer.ended_with_done(), "{}", answer.body);
     let token_at = answer.events[0].at;
     let before = answer.comments.iter().filter(|c| c.at < token_at).count();
-    assert!(before >= 2, "keep-alive comments before the token: {before}");
+    assert!(
+        before >= 2,
+        "keep-alive comments before the token: {before}"
+    );
 
     // Control: without keep-alives inside the timeout, nginx cuts the same stream.
     let quiet = spawn_app_with(|c| c.keepalive_secs = 30.0).await;
@@ -517,6 +334,7 @@ async fn keep_alive_comments_hold_a_slow_stream_open_past_nginxs_read_timeout() 
         .send()
         .await
         .expect("request");
+    assert_eq!(response.status(), 200);
     let mut body = response.bytes_stream();
     let mut received = Vec::new();
     while let Some(Ok(chunk)) = tokio::time::timeout(DEADLINE, body.next())
@@ -527,7 +345,7 @@ async fn keep_alive_comments_hold_a_slow_stream_open_past_nginxs_read_timeout() 
     }
     let received = String::from_utf8_lossy(&received);
     assert!(
-        !received.contains("late"),
+        received.starts_with(": keep-alive") && !received.contains("late"),
         "control: nginx should have cut the silent stream, yet it delivered: {received}"
     );
 }
@@ -548,11 +366,9 @@ async fn a_client_that_disconnects_from_nginx_cancels_the_upstream_request() {
     drop(reader);
 
     app.mock.wait_for_closed(1, Duration::from_secs(3)).await;
-    let closed = app.mock.closed_at()[0];
     assert!(
-        closed - left < Duration::from_secs(3),
-        "the upstream was released {:?} after the client left",
-        closed - left
+        app.mock.closed_at()[0] >= left,
+        "closed before the client left"
     );
 }
 
@@ -578,13 +394,69 @@ async fn two_app_instances_behind_the_upstream_block_both_serve_streams() {
     let nginx = Nginx::start(Site::plain(&[&one, &two])).await;
 
     let mut first = nginx.open(&[]).await;
-    first.next_data().await.expect("a token on the first stream");
+    first
+        .next_data()
+        .await
+        .expect("a token on the first stream");
     let mut second = nginx.open(&[]).await;
-    second.next_data().await.expect("a token on the second stream");
+    second
+        .next_data()
+        .await
+        .expect("a token on the second stream");
 
     assert_eq!(
         (one.limits.streams_open(), two.limits.streams_open()),
         (1, 1),
         "each instance should hold one of the two open streams"
+    );
+}
+
+/// One short answer per request through nginx, in turn; the statuses.
+async fn statuses(nginx: &Nginx, requests: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..requests {
+        statuses.push(nginx.open(&[]).await.read_to_end().await.status);
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn each_instance_counts_its_own_quota_so_a_client_gets_one_per_instance() {
+    let instance = || {
+        spawn_app_with(|c| {
+            c.rate_limit_per_minute = 1;
+            c.rate_limit_burst = Some(1);
+        })
+    };
+    let (one, two) = (instance().await, instance().await);
+    for app in [&one, &two] {
+        app.mock
+            .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+    }
+    let nginx = Nginx::start(Site::plain(&[&one, &two])).await;
+
+    // The documented trade-off of least_conn: a quota of 1 per instance is 2 in all.
+    assert_eq!(statuses(&nginx, 3).await, [200, 200, 429]);
+    assert_eq!((one.mock.request_count(), two.mock.request_count()), (1, 1));
+}
+
+#[tokio::test]
+async fn the_optional_limit_req_caps_a_client_across_all_instances() {
+    let (one, two) = (spawn_app_with(|_| {}).await, spawn_app_with(|_| {}).await);
+    for app in [&one, &two] {
+        app.mock
+            .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+    }
+    let nginx = Nginx::start(Site::plain(&[&one, &two]).with_first_line_of_defence()).await;
+
+    // As shipped: 30 a minute with a burst of 10, so the 12th request at once is refused.
+    let statuses = statuses(&nginx, 12).await;
+
+    assert_eq!(statuses[..11], [200; 11], "{statuses:?}");
+    assert_eq!(statuses[11], 429, "{statuses:?}");
+    let served = (one.mock.request_count(), two.mock.request_count());
+    assert!(
+        served.0 > 0 && served.1 > 0 && served.0 + served.1 == 11,
+        "both instances should have served, 11 in all: {served:?}"
     );
 }

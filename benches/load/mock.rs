@@ -1,0 +1,205 @@
+//! A lean mock of an OpenAI-compatible upstream. Each request names its own script in the
+//! question (`scn.<tokens>.<gap µs>.<id>`, found anywhere in the request), so the same mock
+//! answers llm-stream's POSTs and the bench's direct GETs alike. It records when each scripted
+//! connection was seen closed by its client.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    time::Instant as TokioInstant,
+};
+
+/// What one stream asks of the mock.
+#[derive(Clone, Copy, Debug)]
+pub struct Script {
+    pub tokens: u64,
+    /// Between tokens; zero: as fast as the reader takes them.
+    pub gap: Duration,
+    /// Unique per stream when the bench wants to know when its connection closed; else 0.
+    pub id: u64,
+}
+
+impl Script {
+    /// The text put in the question (through llm-stream) or the path (direct).
+    pub fn tag(&self) -> String {
+        format!("scn.{}.{}.{}", self.tokens, self.gap.as_micros(), self.id)
+    }
+
+    fn find(request: &[u8]) -> Option<Self> {
+        let start = request.windows(4).position(|w| w == b"scn.")? + 4;
+        let rest = &request[start..];
+        let end = rest
+            .iter()
+            .position(|b| !(b.is_ascii_digit() || *b == b'.'))
+            .unwrap_or(rest.len());
+        let text = std::str::from_utf8(&rest[..end]).ok()?;
+        let mut parts = text.split('.').map(|p| p.parse::<u64>().ok());
+        Some(Self {
+            tokens: parts.next()??,
+            gap: Duration::from_micros(parts.next()??),
+            id: parts.next()??,
+        })
+    }
+}
+
+pub const TOKEN_CHUNK: &[u8] =
+    b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok \"},\"finish_reason\":null}]}\n\n";
+const END: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+const HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+/// Tokens per write when writing as fast as possible.
+const BATCH: usize = 256;
+
+#[derive(Default)]
+struct Seen {
+    /// When each scripted connection (id > 0) was seen closed by its client.
+    closed: HashMap<u64, Instant>,
+    opened: HashMap<u64, Instant>,
+}
+
+#[derive(Clone)]
+pub struct Mock {
+    pub address: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Mock {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpSocket::new_v4().unwrap();
+        listener.set_reuseaddr(true).unwrap();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener: TcpListener = listener.listen(4096).unwrap();
+        let mock = Self {
+            address: listener.local_addr().unwrap(),
+            seen: Arc::default(),
+        };
+        let server = mock.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((socket, _)) => {
+                        tokio::spawn(server.clone().serve(socket));
+                    }
+                    Err(error) => {
+                        eprintln!("mock: accept failed: {error}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        });
+        mock
+    }
+
+    /// When the connection of stream `id` was seen closed, if it was.
+    pub fn closed_at(&self, id: u64) -> Option<Instant> {
+        self.seen.lock().unwrap().closed.get(&id).copied()
+    }
+
+    /// Of these ids, how many connections the mock saw open and not yet closed.
+    pub fn still_open(&self, ids: impl Iterator<Item = u64>) -> usize {
+        let seen = self.seen.lock().unwrap();
+        ids.filter(|id| seen.opened.contains_key(id) && !seen.closed.contains_key(id))
+            .count()
+    }
+
+    async fn serve(self, mut socket: TcpStream) {
+        socket.set_nodelay(true).ok();
+        let Some(script) = read_request(&mut socket).await else {
+            return;
+        };
+        if script.id > 0 {
+            self.seen
+                .lock()
+                .unwrap()
+                .opened
+                .insert(script.id, Instant::now());
+        }
+        let (mut reader, mut writer) = socket.split();
+        let eof = async {
+            let mut buf = [0_u8; 256];
+            while let Ok(n) = reader.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            () = eof => {
+                if script.id > 0 {
+                    self.seen.lock().unwrap().closed.insert(script.id, Instant::now());
+                }
+            }
+            () = write_script(&mut writer, script) => {}
+        }
+    }
+}
+
+async fn write_script(writer: &mut (impl AsyncWriteExt + Unpin), script: Script) {
+    if writer.write_all(HEAD).await.is_err() {
+        return;
+    }
+    if script.gap.is_zero() {
+        let batch = TOKEN_CHUNK.repeat(BATCH);
+        let mut left = script.tokens as usize;
+        while left > 0 {
+            let n = left.min(BATCH);
+            if writer
+                .write_all(&batch[..n * TOKEN_CHUNK.len()])
+                .await
+                .is_err()
+            {
+                return;
+            }
+            left -= n;
+        }
+    } else {
+        // The first token at once, then one every `gap` from the request: no drift.
+        let start = TokioInstant::now();
+        for k in 0..script.tokens {
+            tokio::time::sleep_until(start + script.gap * k as u32).await;
+            if writer.write_all(TOKEN_CHUNK).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = writer.write_all(END).await;
+    let _ = writer.shutdown().await;
+    // Hold the socket until the client closes its side (the select's other arm records it).
+    std::future::pending::<()>().await;
+}
+
+async fn read_request(socket: &mut TcpStream) -> Option<Script> {
+    let mut data = Vec::with_capacity(1024);
+    let mut buf = [0_u8; 2048];
+    let head_end = loop {
+        let n = socket.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+        if let Some(pos) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    while data.len() < head_end + length {
+        let n = socket.read(&mut buf).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    Script::find(&data)
+}

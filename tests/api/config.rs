@@ -1,0 +1,181 @@
+//! Start-up: settings from flags and the environment, refused with one clear line when wrong,
+//! and a key that never shows up in a log line. These run the real binary.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn llm_stream(env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_llm-stream"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    // The tests' working directory is the repository: keep a developer's .env out of them.
+    command.current_dir(std::env::temp_dir());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line_that_names_it() {
+    for (env, names) in [
+        (vec![("STREAM_TIMEOUT_SECS", "-1")], "STREAM_TIMEOUT_SECS"),
+        (vec![("LLM_BASE_URL", "not a url")], "LLM_BASE_URL"),
+        (vec![("LLM_PROVIDER", "openai")], "LLM_API_KEY"),
+        (vec![("LLM_TEMPERATURE", "7")], "LLM_TEMPERATURE"),
+        (vec![("MAX_STREAMS", "lots")], "MAX_STREAMS"),
+        (vec![("TRUSTED_PROXIES", "10.0.0.0/99")], "TRUSTED_PROXIES"),
+    ] {
+        let output = llm_stream(&env).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(names), "{env:?} must be named: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_setting_with_its_default() {
+    let output = llm_stream(&[]).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    for setting in [
+        "LISTEN_ADDR",
+        "LLM_PROVIDER",
+        "LLM_BASE_URL",
+        "LLM_API_KEY",
+        "LLM_MODEL",
+        "LLM_MAX_TOKENS",
+        "LLM_TEMPERATURE",
+        "LLM_SYSTEM_PROMPT",
+        "MAX_QUERY_CHARS",
+        "STREAM_TIMEOUT_SECS",
+        "UPSTREAM_CONNECT_TIMEOUT_SECS",
+        "UPSTREAM_IDLE_TIMEOUT_SECS",
+        "KEEPALIVE_SECS",
+        "SHUTDOWN_GRACE_SECS",
+        "DEMO_TOKEN_MS",
+        "RATE_LIMIT_PER_MINUTE",
+        "RATE_LIMIT_BURST",
+        "MAX_STREAMS_PER_CLIENT",
+        "MAX_STREAMS",
+        "TRUSTED_PROXIES",
+        "CORS_ALLOWED_ORIGINS",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {setting}")),
+            "--help lacks {setting}"
+        );
+    }
+    assert!(help.contains("[default: 127.0.0.1:4001]"));
+}
+
+/// The running binary, killed when the test ends however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary on a free port and returns it with its address, read from its log.
+fn start(env: &[(&str, &str)]) -> (Running, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = llm_stream(env)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let child = Running(child);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = lines
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .expect("the server logs its address");
+        if let Some(address) = line.split("address=").nth(1) {
+            let address = address
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_matches('"')
+                .to_owned();
+            return (child, address, lines);
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_no_configuration_the_binary_serves_the_demo_model() {
+    let (child, address, _logs) = start(&[("DEMO_TOKEN_MS", "1")]);
+
+    let body = reqwest::get(format!("http://{address}/api/stream?q=hello"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    drop(child);
+    assert!(body.contains(r#"data: {"token":"demo "}"#), "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"));
+}
+
+#[tokio::test]
+async fn the_api_key_never_appears_in_a_log_line_or_an_event() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let key = "sk-live-DO-NOT-LEAK-1234567890";
+    let (child, address, logs) = start(&[
+        ("LLM_API_KEY", key),
+        ("LLM_BASE_URL", &upstream),
+        ("RUST_LOG", "trace"),
+    ]);
+
+    let body = reqwest::get(format!("http://{address}/api/stream?q=hello"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let help = llm_stream(&[("LLM_API_KEY", key)])
+        .arg("--help")
+        .output()
+        .unwrap();
+    drop(child);
+
+    assert!(body.contains("upstream_unavailable"), "{body}");
+    assert!(!body.contains(key));
+    let logged: Vec<String> = logs.try_iter().collect();
+    assert!(
+        logged.iter().any(|l| l.contains("stream ended")),
+        "the stream's log line is there: {logged:?}"
+    );
+    assert!(
+        logged.iter().all(|l| !l.contains(key)),
+        "the key leaked into the log"
+    );
+    assert!(
+        !String::from_utf8_lossy(&help.stdout).contains(key),
+        "--help shows no key"
+    );
+}
