@@ -52,9 +52,9 @@ pub struct Config {
     #[arg(long, env = "LLM_API_KEY", hide_env_values = true, value_parser = parse_secret)]
     pub llm_api_key: Option<SecretString>,
 
-    /// Model name sent upstream.
-    #[arg(long, env = "LLM_MODEL", default_value = "gpt-4o-mini")]
-    pub llm_model: String,
+    /// Model name sent upstream [default: gpt-4o-mini, or claude-haiku-4-5 for anthropic].
+    #[arg(long, env = "LLM_MODEL")]
+    pub llm_model: Option<String>,
 
     /// Most tokens the model may generate for one answer.
     #[arg(long, env = "LLM_MAX_TOKENS", default_value_t = 800, value_parser = clap::value_parser!(u32).range(1..))]
@@ -127,6 +127,10 @@ pub struct Config {
     /// Origins whose pages may call the API from the browser (comma-separated; same-origin only when empty).
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+
+    /// Folder the page's assets are served from (relative to the working directory).
+    #[arg(long, env = "STATIC_DIR", default_value = "static")]
+    pub static_dir: std::path::PathBuf,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
@@ -222,6 +226,15 @@ impl Config {
         self.llm_base_url.clone().unwrap_or_else(|| {
             parse_base_url(default).unwrap_or_else(|_| unreachable!("valid default URL"))
         })
+    }
+
+    /// The model in force: the explicit one, else a sensible one for the provider.
+    pub fn model(&self) -> String {
+        let default = match self.provider() {
+            ProviderKind::Anthropic => "claude-haiku-4-5",
+            _ => "gpt-4o-mini",
+        };
+        self.llm_model.clone().unwrap_or_else(|| default.to_owned())
     }
 
     pub fn stream_timeout(&self) -> Duration {

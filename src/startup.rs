@@ -42,6 +42,9 @@ impl Application {
     pub async fn build(config: Config) -> io::Result<Self> {
         let listener = bind(&config.listen_addr)?;
         let address = listener.local_addr()?;
+        if !config.static_dir.is_dir() {
+            tracing::warn!(static_dir = %config.static_dir.display(), "STATIC_DIR is not a folder: the page will have no styles or script");
+        }
         let metrics_listener = config.metrics_addr.as_deref().map(bind).transpose()?;
         let metrics_on_main = metrics_listener.is_none();
         let metrics = Data::new(crate::metrics::handle());
@@ -98,7 +101,7 @@ impl Application {
                     web::scope("/static")
                         .wrap(middleware::from_fn(routes::page::cache_static))
                         .service(
-                            Files::new("", concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
+                            Files::new("", &config.static_dir)
                                 .use_etag(true)
                                 .use_last_modified(true),
                         ),

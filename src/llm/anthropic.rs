@@ -211,7 +211,7 @@ impl Anthropic {
                 .llm_api_key
                 .clone()
                 .unwrap_or_else(|| SecretString::from(String::new())),
-            model: config.llm_model.clone(),
+            model: config.model(),
             max_tokens: config.llm_max_tokens,
             temperature: config.llm_temperature.min(MAX_TEMPERATURE),
             system_prompt: config.llm_system_prompt.clone(),

@@ -140,7 +140,7 @@ impl OpenAi {
                 .llm_api_key
                 .clone()
                 .unwrap_or_else(|| SecretString::from(String::new())),
-            model: config.llm_model.clone(),
+            model: config.model(),
             max_tokens: config.llm_max_tokens,
             temperature: config.llm_temperature,
             system_prompt: config.llm_system_prompt.clone(),

@@ -169,6 +169,8 @@ async fn slots_are_released_however_a_stream_ends() {
     let app = spawn_app_with(|c| {
         c.max_streams_per_client = 1;
         c.stream_timeout_secs = 0.5;
+        // Each scripted reply answers exactly one question.
+        c.llm_retries = 0;
     })
     .await;
     // Done, upstream error, timeout: each frees the client's only slot for the next question.

@@ -169,12 +169,6 @@ async fn the_apps_x_accel_buffering_header_keeps_the_stream_live_when_proxy_buff
             "        proxy_buffering on;",
         )
     };
-    let nginx = Nginx::start(buffering()).await;
-
-    let answer = nginx.open(&[]).await.read_to_end().await;
-
-    assert_arrived_token_by_token(&answer);
-
     // Buffering alone passes each complete chunk of the app's chunked response on, so to see the
     // header at work something must hold data back: gzip does, when nginx buffers. Honoured, the
     // header keeps even that compressed stream live; ignored, the answer comes in one piece.
@@ -182,6 +176,7 @@ async fn the_apps_x_accel_buffering_header_keeps_the_stream_live_when_proxy_buff
         hide_app_content_encoding(gzip_event_streams(buffering()))
             .replace("        gzip off;\n", "")
     };
+    let nginx = Nginx::start(buffering()).await;
     let honouring = Nginx::start(compressing()).await;
     let ignoring = Nginx::start(in_stream_location(
         compressing(),
@@ -189,10 +184,14 @@ async fn the_apps_x_accel_buffering_header_keeps_the_stream_live_when_proxy_buff
     ))
     .await;
     let gzip = [("accept-encoding", "gzip")];
-    let (honoured, ignored) = tokio::join!(
+
+    let (answer, honoured, ignored) = tokio::join!(
+        async { nginx.open(&[]).await.read_to_end().await },
         body_spread(honouring.stream_url("hello"), &gzip),
         body_spread(ignoring.stream_url("hello"), &gzip),
     );
+
+    assert_arrived_token_by_token(&answer);
     assert!(
         honoured > Duration::from_secs(1),
         "with the header honoured the compressed stream came in {honoured:?}"

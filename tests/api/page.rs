@@ -62,7 +62,7 @@ const TOKENS: [&str; 20] = [
     " — the end.",
 ];
 
-/// The tokens 100–150 ms apart after `first` ms, then finish, usage and `[DONE]`.
+/// The tokens 100–150 ms apart after a pause of `first`, then finish, usage and `[DONE]`.
 fn slow_answer(tokens: &[&str], first: Duration) -> Vec<Step> {
     let mut steps = vec![Step::Sleep(first)];
     for (i, token) in tokens.iter().enumerate() {
@@ -87,8 +87,13 @@ async fn open_page(app: &TestApp) -> Browser {
     browser
 }
 
+/// The script that reads the whole view, for a wait to report what the page showed.
+fn describe() -> String {
+    format!("{VIEW} return view;")
+}
+
 async fn view(browser: &Browser) -> View {
-    serde_json::from_value(browser.js(&format!("{VIEW} return view;")).await).expect("a view")
+    serde_json::from_value(browser.js(&describe()).await).expect("a view")
 }
 
 /// Waits until the page's `data-state` is `state`, and returns what it shows then.
@@ -97,7 +102,7 @@ async fn wait_for_state(browser: &Browser, state: &str) -> View {
         .wait_for(
             &format!("data-state={state}"),
             &format!("{VIEW} return view.state === '{state}' ? view : null;"),
-            &format!("{VIEW} return view;"),
+            &describe(),
         )
         .await;
     serde_json::from_value(found).expect("a view")
@@ -149,7 +154,7 @@ async fn the_answer_streams_onto_the_page_token_by_token_and_ends_with_the_exact
             &format!(
                 "{VIEW} return view.state === 'generating' && view.answer !== '' ? view : null;"
             ),
-            &format!("{VIEW} return view;"),
+            &describe(),
         )
         .await;
     let done = wait_for_state(&browser, "done").await;
@@ -280,7 +285,7 @@ async fn stop_halts_the_answer_and_the_upstream_sees_its_connection_close() {
         .wait_for(
             "three tokens",
             &format!("{VIEW} return view.answer.includes('w3 ') ? view : null;"),
-            &format!("{VIEW} return view;"),
+            &describe(),
         )
         .await;
 
@@ -388,7 +393,7 @@ async fn a_rate_limited_ask_shows_the_wait_counting_down_and_disables_ask() {
                 "{VIEW} const m = /try again in (\\d+) s$/.exec(view.error);
                  return m && Number(m[1]) < {secs} && view.ask_disabled ? view : null;"
             ),
-            &format!("{VIEW} return view;"),
+            &describe(),
         )
         .await;
     assert_eq!(app.mock.request_count(), 1);
@@ -513,7 +518,7 @@ async fn view_question(browser: &Browser) -> (String, String) {
 async fn the_page_is_served_with_security_headers_and_long_cached_versioned_assets() {
     // Arrange
     let app = spawn_app_with(|c| {
-        c.llm_model = "model-x-42".into();
+        c.llm_model = Some("model-x-42".into());
         c.max_query_chars = 1234;
     })
     .await;
@@ -596,7 +601,7 @@ async fn the_answer_follows_new_text_until_the_reader_scrolls_up() {
         .wait_for(
             "the answer to overflow its box, scrolled to the newest line",
             &format!("if (document.body.dataset.state !== 'generating') return null; {FOLLOWING}"),
-            &format!("{VIEW} return view;"),
+            &describe(),
         )
         .await;
 
@@ -627,7 +632,7 @@ async fn the_answer_follows_new_text_until_the_reader_scrolls_up() {
              return a.scrollHeight - a.scrollTop - a.clientHeight > 100
                  ? { top: a.scrollTop, state: document.body.dataset.state, text: a.textContent }
                  : null;",
-            &format!("{VIEW} return view;"),
+            &describe(),
         )
         .await;
     let done = wait_for_state(&browser, "done").await;
@@ -678,4 +683,32 @@ async fn copy_puts_the_whole_answer_on_the_clipboard() {
 
     // Assert
     assert_eq!(clipboard, TOKENS.concat());
+}
+
+#[tokio::test]
+async fn an_answer_cut_at_the_length_limit_says_so() {
+    // Arrange
+    let app = spawn_app().await;
+    app.mock.always(Reply::sse(vec![
+        openai::token("Cut"),
+        openai::token(" short"),
+        openai::finish("length"),
+        openai::done(),
+    ]));
+    let browser = open_page(&app).await;
+
+    // Act
+    ask(&browser, "Go on and on").await;
+    let done = wait_for_state(&browser, "done").await;
+
+    // Assert
+    assert_eq!(done.answer, "Cut short");
+    assert!(
+        done.status.starts_with("Done — 2 tokens in ")
+            && done
+                .status
+                .ends_with(" — the answer was cut at the length limit."),
+        "status: {:?}",
+        done.status
+    );
 }

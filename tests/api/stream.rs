@@ -64,7 +64,7 @@ async fn every_event_carries_the_streams_id_and_its_number() {
 #[tokio::test]
 async fn the_upstream_request_carries_the_question_settings_and_key() {
     let app = spawn_app_with(|c| {
-        c.llm_model = "model-x".into();
+        c.llm_model = Some("model-x".into());
         c.llm_max_tokens = 77;
     })
     .await;

@@ -10,7 +10,7 @@ const KEY: &str = "sk-test-SECRET-KEY";
 #[tokio::test]
 async fn an_anthropic_request_goes_to_messages_with_its_headers_and_body() {
     let app = spawn_anthropic_with(|c| {
-        c.llm_model = "claude-sonnet-4-5".into();
+        c.llm_model = Some("claude-sonnet-4-5".into());
         c.llm_max_tokens = 321;
         c.llm_system_prompt = "Be brief.".into();
     })
