@@ -53,7 +53,7 @@ pub const TOKEN_CHUNK: &[u8] =
     b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok \"},\"finish_reason\":null}]}\n\n";
 const END: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
 const HEAD: &[u8] =
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
 /// Tokens per write when writing as fast as possible.
 const BATCH: usize = 256;
 
@@ -109,84 +109,118 @@ impl Mock {
             .count()
     }
 
+    /// Answers requests on one connection until the client closes it or asks for `close`
+    /// (llm-stream keeps its upstream connections alive, as it would with a real API).
     async fn serve(self, mut socket: TcpStream) {
         socket.set_nodelay(true).ok();
-        let Some(script) = read_request(&mut socket).await else {
-            return;
-        };
-        if script.id > 0 {
-            self.seen
-                .lock()
-                .unwrap()
-                .opened
-                .insert(script.id, Instant::now());
-        }
-        let (mut reader, mut writer) = socket.split();
-        let eof = async {
-            let mut buf = [0_u8; 256];
-            while let Ok(n) = reader.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
+        let mut pending = Vec::new();
+        loop {
+            let Some((script, close)) = read_request(&mut socket, &mut pending).await else {
+                return;
+            };
+            if script.id > 0 {
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .opened
+                    .insert(script.id, Instant::now());
             }
-        };
-        tokio::select! {
-            () = eof => {
-                if script.id > 0 {
-                    self.seen.lock().unwrap().closed.insert(script.id, Instant::now());
+            let (mut reader, mut writer) = socket.split();
+            // The client sends nothing while it reads an answer: its side ending is a close.
+            let closed = async {
+                let mut buf = [0_u8; 1024];
+                loop {
+                    match reader.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
                 }
+            };
+            tokio::select! {
+                () = closed => {
+                    if script.id > 0 {
+                        self.seen.lock().unwrap().closed.insert(script.id, Instant::now());
+                    }
+                    return;
+                }
+                written = write_script(&mut writer, script) => if !written { return },
             }
-            () = write_script(&mut writer, script) => {}
+            if close {
+                let _ = socket.shutdown().await;
+                // Hold the socket until the client has read the end and closed its side.
+                let mut buf = [0_u8; 256];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                return;
+            }
         }
     }
 }
 
-async fn write_script(writer: &mut (impl AsyncWriteExt + Unpin), script: Script) {
+/// One chunk of a chunked body.
+fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes one answer as a chunked body; false when the client went away.
+async fn write_script(writer: &mut (impl AsyncWriteExt + Unpin), script: Script) -> bool {
     if writer.write_all(HEAD).await.is_err() {
-        return;
+        return false;
     }
     if script.gap.is_zero() {
-        let batch = TOKEN_CHUNK.repeat(BATCH);
+        let mut batch = Vec::new();
+        chunk(&mut batch, &TOKEN_CHUNK.repeat(BATCH));
         let mut left = script.tokens as usize;
-        while left > 0 {
-            let n = left.min(BATCH);
-            if writer
-                .write_all(&batch[..n * TOKEN_CHUNK.len()])
-                .await
-                .is_err()
-            {
-                return;
+        while left >= BATCH {
+            if writer.write_all(&batch).await.is_err() {
+                return false;
             }
-            left -= n;
+            left -= BATCH;
+        }
+        let mut rest = Vec::new();
+        chunk(&mut rest, &TOKEN_CHUNK.repeat(left));
+        if left > 0 && writer.write_all(&rest).await.is_err() {
+            return false;
         }
     } else {
+        let mut token = Vec::new();
+        chunk(&mut token, TOKEN_CHUNK);
         // The first token at once, then one every `gap` from the request: no drift.
         let start = TokioInstant::now();
         for k in 0..script.tokens {
-            tokio::time::sleep_until(start + script.gap * k as u32).await;
-            if writer.write_all(TOKEN_CHUNK).await.is_err() {
-                return;
+            if k > 0 {
+                tokio::time::sleep_until(start + script.gap * k as u32).await;
+            }
+            if writer.write_all(&token).await.is_err() {
+                return false;
             }
         }
     }
-    let _ = writer.write_all(END).await;
-    let _ = writer.shutdown().await;
-    // Hold the socket until the client closes its side (the select's other arm records it).
-    std::future::pending::<()>().await;
+    let mut end = Vec::new();
+    chunk(&mut end, END);
+    end.extend_from_slice(b"0\r\n\r\n");
+    writer.write_all(&end).await.is_ok()
 }
 
-async fn read_request(socket: &mut TcpStream) -> Option<Script> {
-    let mut data = Vec::with_capacity(1024);
+/// Reads one request (head and body) and finds its script; also says whether the client asked
+/// to close after the answer.
+async fn read_request(socket: &mut TcpStream, pending: &mut Vec<u8>) -> Option<(Script, bool)> {
+    let mut data = std::mem::take(pending);
     let mut buf = [0_u8; 2048];
     let head_end = loop {
+        if let Some(pos) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
         let n = socket.read(&mut buf).await.ok()?;
         if n == 0 {
             return None;
         }
         data.extend_from_slice(&buf[..n]);
-        if let Some(pos) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
     };
     let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
     let length = head
@@ -194,12 +228,16 @@ async fn read_request(socket: &mut TcpStream) -> Option<Script> {
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
+    let close = head
+        .lines()
+        .any(|l| l.starts_with("connection:") && l.contains("close"));
     while data.len() < head_end + length {
         let n = socket.read(&mut buf).await.ok()?;
         if n == 0 {
-            break;
+            return None;
         }
         data.extend_from_slice(&buf[..n]);
     }
-    Script::find(&data)
+    *pending = data.split_off(head_end + length);
+    Some((Script::find(&data)?, close))
 }

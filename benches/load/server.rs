@@ -4,7 +4,7 @@ use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -17,20 +17,27 @@ pub struct Server {
 
 /// Clock ticks per second, for /proc's utime and stime.
 fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 impl Server {
     /// Starts the server on core `core` in front of the mock, with the limits out of the way.
     pub fn start(core: usize, upstream: SocketAddr) -> Self {
+        // LOAD_SERVER_PREFIX runs the server under a profiler, e.g. "valgrind --tool=callgrind".
+        let prefix = std::env::var("LOAD_SERVER_PREFIX").unwrap_or_default();
         let mut child = Command::new("taskset")
-            .args(["-c", &core.to_string(), env!("CARGO_BIN_EXE_llm-stream")])
+            .args(["-c", &core.to_string()])
+            .args(prefix.split_whitespace())
+            .arg(env!("CARGO_BIN_EXE_llm-stream"))
             .env_clear()
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
@@ -45,6 +52,7 @@ impl Server {
             .env("STREAM_TIMEOUT_SECS", "600")
             .env("UPSTREAM_IDLE_TIMEOUT_SECS", "120")
             .env("SHUTDOWN_GRACE_SECS", "0")
+            .env("STATIC_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
             // Away from any .env file.
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
@@ -92,21 +100,13 @@ impl Server {
 
     /// CPU time used so far (user + system).
     pub fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command's closing parenthesis: state is the 3rd field, utime the 14th.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        Duration::from_secs_f64((ticks(11) + ticks(12)) / clock_ticks())
+        let (user, system) = cpu_of(self.pid());
+        user + system
+    }
+
+    /// CPU time used so far: user, system.
+    pub fn cpu_split(&self) -> (Duration, Duration) {
+        cpu_of(self.pid())
     }
 
     /// Resident memory now, in bytes.
@@ -134,8 +134,38 @@ impl Server {
     }
 }
 
+/// A process's CPU time so far, from /proc: user, system.
+pub fn cpu_of(pid: u32) -> (Duration, Duration) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: state is the 3rd field, utime the 14th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let secs = |ticks: f64| Duration::from_secs_f64(ticks / clock_ticks());
+    (secs(ticks(11)), secs(ticks(12)))
+}
+
 impl Drop for Server {
+    /// SIGTERM first, so that a profiler around it writes its report; SIGKILL after 30 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < until {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

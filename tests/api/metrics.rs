@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::{
     helpers::{CLIENT, DEADLINE, SseReader, TestApp, spawn_app_with, test_config},
-    mock_upstream::{End, MockUpstream, Reply, openai},
+    mock_upstream::{End, Reply, openai},
 };
 
 /// A series' value in Prometheus text, e.g. `llm_stream_streams_total{outcome="done"}`; 0 when absent.
@@ -171,37 +171,31 @@ async fn the_open_streams_gauge_follows_a_stream_until_its_client_leaves() {
 
 #[tokio::test]
 async fn metrics_addr_moves_metrics_to_their_own_listener() {
-    let mock = MockUpstream::start().await;
     let mut config = test_config(&["--llm-provider", "demo"]);
     config.metrics_addr = Some("127.0.0.1:0".into());
     let app = Application::build(config).await.unwrap();
     let main = app.address();
     let metrics = app.metrics_address().expect("a metrics listener");
     assert_ne!(main, metrics);
-    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let get = async |url: String| CLIENT.get(url).send().await.unwrap();
 
-    let on_main = CLIENT
-        .get(format!("http://{main}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(on_main.status(), 404);
-    let on_own = CLIENT
-        .get(format!("http://{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(on_own.status(), 200);
-    assert!(on_own.text().await.unwrap().contains(OPEN));
-    let elsewhere = CLIENT
-        .get(format!("http://{metrics}/api/stream?q=hi"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(get(format!("http://{main}/metrics")).await.status(), 404);
+    let own = get(format!("http://{metrics}/metrics")).await;
+    assert_eq!(own.status(), 200);
+    assert!(own.text().await.unwrap().contains(OPEN));
+    let elsewhere = get(format!("http://{metrics}/api/stream?q=hi")).await;
     assert_eq!(elsewhere.status(), 404);
 
-    server.abort();
-    drop(mock);
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, server)
+        .await
+        .expect("both listeners stop in time")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
