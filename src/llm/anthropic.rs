@@ -1,13 +1,13 @@
 //! Anthropic's Messages API: the request we send and the stream events we read back.
 //! The wire format stays in this file; everything else sees `LlmEvent`s.
 
-use reqwest::{Url, header::HeaderValue};
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::header::HeaderValue;
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::{
     EventStream, Finish, LlmEvent, Usage,
-    upstream::{Decoder, Fault, Upstream},
+    upstream::{Decoder, Endpoint, Fault},
 };
 use crate::{config::Config, error::StreamError};
 
@@ -18,13 +18,7 @@ const API_VERSION: &str = "2023-06-01";
 const MAX_TEMPERATURE: f32 = 1.0;
 
 pub struct Anthropic {
-    upstream: Upstream,
-    url: Url,
-    api_key: SecretString,
-    model: String,
-    max_tokens: u32,
-    temperature: f32,
-    system_prompt: String,
+    endpoint: Endpoint,
 }
 
 #[derive(Serialize)]
@@ -201,50 +195,36 @@ impl Anthropic {
                 "LLM_TEMPERATURE is above Anthropic's maximum; sending {MAX_TEMPERATURE}"
             );
         }
-        Ok(Self {
-            upstream: Upstream::new(config)?,
-            url: config
-                .base_url()
-                .join("messages")
-                .unwrap_or_else(|_| config.base_url()),
-            api_key: config
-                .llm_api_key
-                .clone()
-                .unwrap_or_else(|| SecretString::from(String::new())),
-            model: config.model(),
-            max_tokens: config.llm_max_tokens,
-            temperature: config.llm_temperature.min(MAX_TEMPERATURE),
-            system_prompt: config.llm_system_prompt.clone(),
-        })
+        let mut endpoint = Endpoint::new(config, "messages")?;
+        endpoint.temperature = endpoint.temperature.min(MAX_TEMPERATURE);
+        Ok(Self { endpoint })
     }
 
     pub fn model(&self) -> &str {
-        &self.model
+        &self.endpoint.model
     }
 
     pub fn stream(&self, question: &str, request_id: &str) -> EventStream {
         // A key that is no header value is sent empty, so that Anthropic answers 401.
-        let mut api_key = HeaderValue::from_str(self.api_key.expose_secret())
+        let endpoint = &self.endpoint;
+        let mut api_key = HeaderValue::from_str(endpoint.api_key.expose_secret())
             .unwrap_or_else(|_| HeaderValue::from_static(""));
         api_key.set_sensitive(true);
-        let request = self
-            .upstream
-            .client()
-            .post(self.url.clone())
+        let request = endpoint
+            .post(request_id)
             .header("x-api-key", api_key)
             .header("anthropic-version", API_VERSION)
-            .header("X-Request-Id", request_id)
             .json(&MessagesRequest {
-                model: &self.model,
-                max_tokens: self.max_tokens,
-                system: &self.system_prompt,
+                model: &endpoint.model,
+                max_tokens: endpoint.max_tokens,
+                system: &endpoint.system_prompt,
                 messages: [Message {
                     role: "user",
                     content: question,
                 }],
                 stream: true,
-                temperature: self.temperature,
+                temperature: endpoint.temperature,
             });
-        self.upstream.stream(request, EventDecoder::default())
+        endpoint.upstream.stream(request, EventDecoder::default())
     }
 }

@@ -1,24 +1,17 @@
 //! OpenAI-compatible Chat Completions: the request we send and the chunks we read back.
 //! The wire format stays in this file; everything else sees `LlmEvent`s.
 
-use reqwest::Url;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::{
     EventStream, Finish, LlmEvent, Usage,
-    upstream::{Decoder, Fault, Upstream},
+    upstream::{Decoder, Endpoint, Fault},
 };
 use crate::{config::Config, error::StreamError};
 
 pub struct OpenAi {
-    upstream: Upstream,
-    url: Url,
-    api_key: SecretString,
-    model: String,
-    max_tokens: u32,
-    temperature: f32,
-    system_prompt: String,
+    endpoint: Endpoint,
 }
 
 #[derive(Serialize)]
@@ -131,53 +124,39 @@ impl Decoder for ChunkDecoder {
 impl OpenAi {
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            upstream: Upstream::new(config)?,
-            url: config
-                .base_url()
-                .join("chat/completions")
-                .unwrap_or_else(|_| config.base_url()),
-            api_key: config
-                .llm_api_key
-                .clone()
-                .unwrap_or_else(|| SecretString::from(String::new())),
-            model: config.model(),
-            max_tokens: config.llm_max_tokens,
-            temperature: config.llm_temperature,
-            system_prompt: config.llm_system_prompt.clone(),
+            endpoint: Endpoint::new(config, "chat/completions")?,
         })
     }
 
     pub fn model(&self) -> &str {
-        &self.model
+        &self.endpoint.model
     }
 
     pub fn stream(&self, question: &str, request_id: &str) -> EventStream {
-        let request = self
-            .upstream
-            .client()
-            .post(self.url.clone())
-            .bearer_auth(self.api_key.expose_secret())
-            .header("X-Request-Id", request_id)
+        let endpoint = &self.endpoint;
+        let request = endpoint
+            .post(request_id)
+            .bearer_auth(endpoint.api_key.expose_secret())
             .json(&ChatRequest {
-                model: &self.model,
+                model: &endpoint.model,
                 messages: [
                     Message {
                         role: "system",
-                        content: &self.system_prompt,
+                        content: &endpoint.system_prompt,
                     },
                     Message {
                         role: "user",
                         content: question,
                     },
                 ],
-                max_tokens: self.max_tokens,
-                temperature: self.temperature,
+                max_tokens: endpoint.max_tokens,
+                temperature: endpoint.temperature,
                 stream: true,
                 stream_options: StreamOptions {
                     include_usage: true,
                 },
             });
-        self.upstream.stream(request, ChunkDecoder::default())
+        endpoint.upstream.stream(request, ChunkDecoder::default())
     }
 }
 

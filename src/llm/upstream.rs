@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_stream::stream;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use reqwest::{RequestBuilder, Response, StatusCode};
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
+use secrecy::SecretString;
 use sse_stream::SseByteStream;
 use tokio::time::Instant;
 
@@ -21,6 +22,46 @@ pub struct Upstream {
     /// The whole answer's budget: no retry wait may run past it.
     budget: Duration,
     retries: u32,
+}
+
+/// What every HTTP provider sends a question with: where, which key, and the model's settings.
+pub struct Endpoint {
+    pub upstream: Upstream,
+    pub url: Url,
+    pub api_key: SecretString,
+    pub model: String,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub system_prompt: String,
+}
+
+impl Endpoint {
+    /// The endpoint at `path` under LLM_BASE_URL (`chat/completions`, `messages`).
+    pub fn new(config: &Config, path: &str) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            upstream: Upstream::new(config)?,
+            url: config
+                .base_url()
+                .join(path)
+                .unwrap_or_else(|_| config.base_url()),
+            api_key: config
+                .llm_api_key
+                .clone()
+                .unwrap_or_else(|| SecretString::from(String::new())),
+            model: config.model(),
+            max_tokens: config.llm_max_tokens,
+            temperature: config.llm_temperature,
+            system_prompt: config.llm_system_prompt.clone(),
+        })
+    }
+
+    /// A POST to the endpoint carrying the request's id; the provider adds its key and body.
+    pub fn post(&self, request_id: &str) -> RequestBuilder {
+        self.upstream
+            .client()
+            .post(self.url.clone())
+            .header("X-Request-Id", request_id)
+    }
 }
 
 /// A provider's reading of its upstream's SSE: each event's data in, our events out.
