@@ -1,10 +1,14 @@
 //! Our events → SSE frames: a JSON `data:` line per event, each with an `id:` of the stream's id and
-//! the event's number, `[DONE]` after a finish, and an in-band error that ends the stream otherwise.
+//! the event's number, `[DONE]` after a finish, an in-band error that ends the stream otherwise,
+//! and keep-alive comments while nothing else is sent.
+
+use std::time::Duration;
 
 use actix_web_lab::sse;
 use async_stream::stream;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::{error::StreamError, llm::LlmEvent, telemetry::StreamReport};
 
@@ -29,9 +33,13 @@ struct ErrorFrame<'a> {
 /// Turns a provider's events into SSE frames. Whatever happens, the stream ends with either
 /// `[DONE]` (after a finish) or one error frame: a provider that stops without finishing is
 /// reported as `stream_interrupted`, so a truncated answer never looks complete.
+///
+/// While nothing else is sent for `keepalive` (a slow first token, a retry wait), a `: keep-alive`
+/// comment goes out, so that proxies and browsers keep the connection open.
 pub fn frames<S>(
     stream_id: String,
     events: S,
+    keepalive: Duration,
     mut report: StreamReport,
 ) -> impl Stream<Item = sse::Event>
 where
@@ -39,13 +47,24 @@ where
 {
     stream! {
         let mut events = std::pin::pin!(events);
+        let quiet = tokio::time::sleep(keepalive);
+        let mut quiet = std::pin::pin!(quiet);
         let mut seq = 0_u64;
         let mut next_id = move || {
             seq += 1;
             format!("{stream_id}:{seq}")
         };
         let error = loop {
-            match events.next().await {
+            let event = tokio::select! {
+                event = events.next() => event,
+                () = &mut quiet => {
+                    quiet.as_mut().reset(Instant::now() + keepalive);
+                    yield sse::Event::Comment("keep-alive".into());
+                    continue;
+                }
+            };
+            quiet.as_mut().reset(Instant::now() + keepalive);
+            match event {
                 Some(Ok(LlmEvent::Token(text))) => {
                     report.token();
                     yield frame(&TokenFrame { token: &text }, next_id());

@@ -61,8 +61,7 @@ pub async fn stream(
         question.chars().count(),
     );
     Ok(
-        Sse::from_infallible_stream(frames(stream_id, events, report))
-            .with_keep_alive(config.keepalive())
+        Sse::from_infallible_stream(frames(stream_id, events, config.keepalive(), report))
             .customize()
             .insert_header(("X-Accel-Buffering", "no"))
             .respond_to(&request)

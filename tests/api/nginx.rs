@@ -344,7 +344,7 @@ async fn keep_alive_comments_hold_a_slow_stream_open_past_nginxs_read_timeout() 
     }
     let received = String::from_utf8_lossy(&received);
     assert!(
-        received.starts_with(": keep-alive") && !received.contains("late"),
+        !received.contains("late"),
         "control: nginx should have cut the silent stream, yet it delivered: {received}"
     );
 }

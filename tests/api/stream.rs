@@ -359,6 +359,22 @@ async fn keep_alive_comments_flow_while_the_first_token_is_slow() {
 }
 
 #[tokio::test]
+async fn no_keep_alive_comment_interrupts_a_flowing_answer() {
+    let app = spawn_app_with(|c| c.keepalive_secs = 0.4).await;
+    app.mock
+        .always(Reply::sse(openai::answer(&["t "; 30], 50 * MS)));
+
+    let answer = app.stream("hi").await;
+
+    assert!(answer.ended_with_done());
+    assert_eq!(
+        answer.comments.len(),
+        0,
+        "tokens every 50 ms need no keep-alive every 400 ms"
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_disconnects_cancels_the_upstream_request() {
     let app = spawn_app().await;
     app.mock
