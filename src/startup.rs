@@ -78,12 +78,12 @@ impl Application {
                 // after it (paths, limits, handlers) logs inside the request's span.
                 .wrap(middleware::NormalizePath::trim())
                 .wrap(middleware::from_fn(request_id::request_id))
-                .route("/", web::get().to(routes::page::page))
-                .route("/healthz", web::get().to(routes::health::health))
-                .route("/api/limits", web::get().to(routes::limits::limits))
+                .service(get_only("/", routes::page::page))
+                .service(get_only("/healthz", routes::health::health))
+                .service(get_only("/api/limits", routes::limits::limits))
                 .configure(|app| {
                     if metrics_on_main {
-                        app.route("/metrics", web::get().to(routes::metrics::metrics));
+                        app.service(get_only("/metrics", routes::metrics::metrics));
                     }
                 })
                 .service(
@@ -91,6 +91,7 @@ impl Application {
                         .wrap(middleware::from_fn(limits::rate_limit))
                         .wrap(cors(&config))
                         .route(web::get().to(routes::stream::stream))
+                        // OPTIONS stays with CORS, for preflights.
                         .default_service(
                             web::route()
                                 .guard(guard::Not(guard::Options()))
@@ -214,6 +215,18 @@ async fn metrics_upkeep(handle: PrometheusHandle) {
         tick.tick().await;
         handle.run_upkeep();
     }
+}
+
+/// A resource answering GET with `handler`, and any other method with 405 JSON.
+fn get_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(web::route().to(routes::method_not_allowed))
 }
 
 /// Same-origin only unless CORS_ALLOWED_ORIGINS names sites.

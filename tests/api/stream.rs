@@ -499,6 +499,14 @@ async fn unknown_routes_are_404_json_and_wrong_methods_405() {
         response.json::<serde_json::Value>().await.unwrap()["error"],
         "method_not_allowed"
     );
+    for path in ["/", "/healthz", "/api/limits", "/metrics"] {
+        let response = crate::helpers::CLIENT
+            .delete(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{path}");
+    }
 }
 
 #[tokio::test]
