@@ -712,3 +712,51 @@ async fn an_answer_cut_at_the_length_limit_says_so() {
         done.status
     );
 }
+
+#[tokio::test]
+async fn an_ask_past_the_clients_open_streams_says_so() {
+    // Arrange: one open stream per client, already held by another tab of the same person.
+    let app = spawn_app_with(|c| c.max_streams_per_client = 1).await;
+    app.mock
+        .always(Reply::sse(vec![openai::token("held ")]).then(End::Hang));
+    let mut other_tab = app.open("elsewhere").await;
+    other_tab
+        .next_data()
+        .await
+        .expect("the other tab's first token");
+    let browser = open_page(&app).await;
+
+    // Act
+    ask(&browser, "One more").await;
+    let refused = wait_for_state(&browser, "refused").await;
+
+    // Assert
+    assert_eq!(refused.status, "Refused — too many open streams");
+    assert!(!refused.error.is_empty(), "{refused:?}");
+    assert_eq!(
+        app.mock.request_count(),
+        1,
+        "the refused ask never reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn an_ask_while_the_server_is_at_capacity_says_the_server_is_busy() {
+    // Arrange: room for one stream in all, taken by another client behind the trusted proxy.
+    let app = spawn_app_with(|c| c.max_streams = 1).await;
+    app.mock
+        .always(Reply::sse(vec![openai::token("held ")]).then(End::Hang));
+    let mut someone_else =
+        crate::helpers::SseReader::get(app.stream_url("hi"), &[("X-Real-IP", "203.0.113.7")]).await;
+    someone_else.next_data().await.expect("their first token");
+    let browser = open_page(&app).await;
+
+    // Act
+    ask(&browser, "Anyone there?").await;
+    let refused = wait_for_state(&browser, "refused").await;
+
+    // Assert
+    assert_eq!(refused.status, "Refused — the server is busy");
+    assert!(refused.error.contains("busy"), "{refused:?}");
+    assert!(!refused.ask_disabled, "nothing to wait out but a moment");
+}
