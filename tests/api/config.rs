@@ -123,16 +123,17 @@ fn start(env: &[(&str, &str)]) -> (Running, String, std::sync::mpsc::Receiver<St
     }
 }
 
+/// The whole answer to "hello", as text.
+async fn ask_hello(address: &str) -> String {
+    let url = format!("http://{address}/api/stream?q=hello");
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
 #[tokio::test]
 async fn with_no_configuration_the_binary_serves_the_demo_model() {
     let (child, address, _logs) = start(&[("DEMO_TOKEN_MS", "1")]);
 
-    let body = reqwest::get(format!("http://{address}/api/stream?q=hello"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = ask_hello(&address).await;
 
     drop(child);
     assert!(body.contains(r#"data: {"token":"demo "}"#), "{body}");
@@ -151,12 +152,7 @@ async fn the_api_key_never_appears_in_a_log_line_or_an_event() {
         ("RUST_LOG", "trace"),
     ]);
 
-    let body = reqwest::get(format!("http://{address}/api/stream?q=hello"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = ask_hello(&address).await;
     let help = llm_stream(&[("LLM_API_KEY", key)])
         .arg("--help")
         .output()

@@ -224,6 +224,18 @@ impl Answer {
     }
 }
 
+/// A GET with these headers; its response head within the deadline.
+pub async fn get_with(url: String, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = CLIENT.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    tokio::time::timeout(DEADLINE, request.send())
+        .await
+        .expect("response head in time")
+        .expect("request")
+}
+
 /// An open SSE response, read as an EventSource reads it.
 pub struct SseReader {
     pub status: u16,
@@ -237,14 +249,7 @@ pub struct SseReader {
 impl SseReader {
     pub async fn get(url: String, headers: &[(&str, &str)]) -> Self {
         let started = Instant::now();
-        let mut request = CLIENT.get(url);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = tokio::time::timeout(DEADLINE, request.send())
-            .await
-            .expect("response head in time")
-            .expect("request");
+        let response = get_with(url, headers).await;
         Self {
             status: response.status().as_u16(),
             headers: response.headers().clone(),

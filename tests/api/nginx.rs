@@ -136,15 +136,7 @@ fn hide_app_content_encoding(site: Site) -> Site {
 
 /// How long after the first piece of the body the last one arrived, read raw (no decoding).
 async fn body_spread(url: String, headers: &[(&str, &str)]) -> Duration {
-    let mut request = CLIENT.get(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = tokio::time::timeout(DEADLINE, request.send())
-        .await
-        .expect("response head in time")
-        .expect("request");
-    let mut body = response.bytes_stream();
+    let mut body = crate::helpers::get_with(url, headers).await.bytes_stream();
     let mut arrivals = Vec::new();
     while let Some(chunk) = tokio::time::timeout(DEADLINE, body.next())
         .await
