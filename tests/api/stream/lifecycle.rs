@@ -1,0 +1,120 @@
+//! Who owns what: a client that leaves or stops reading cancels or holds back the upstream, a
+//! reconnecting EventSource is told to stop, and shutdown finishes or ends the streams.
+
+use std::time::Duration;
+
+use crate::{
+    helpers::{DEADLINE, SseReader, spawn_app, spawn_app_with, spawn_demo_app_with},
+    mock_upstream::{End, Reply, Step, openai},
+};
+
+const MS: Duration = Duration::from_millis(1);
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_the_upstream_request() {
+    let app = spawn_app().await;
+    app.mock
+        .always(Reply::sse(openai::answer(&["tok "; 200], 20 * MS)));
+
+    let mut reader = app.open("hi").await;
+    reader.next_data().await.expect("a first token");
+    drop(reader);
+
+    app.mock.wait_for_closed(1, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_while_the_upstream_is_silent_cancels_it() {
+    let app = spawn_app().await;
+    app.mock.always(Reply::sse(vec![]).then(End::Hang));
+
+    let reader = app.open("hi").await;
+    app.mock.wait_for_requests(1, DEADLINE).await;
+    drop(reader);
+
+    app.mock.wait_for_closed(1, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_applies_backpressure_to_the_upstream() {
+    let app = spawn_app_with(|c| c.stream_timeout_secs = 3.0).await;
+    app.mock.always(Reply::sse(vec![Step::Flood]));
+
+    // Open the stream but never read the body.
+    let response = reqwest::get(app.stream_url("hi")).await.unwrap();
+    app.mock
+        .wait_until("the upstream to stall", DEADLINE, |m| m.flood_stalled())
+        .await;
+    let stalled_at = app.mock.flooded_bytes();
+
+    // Bounded buffers only: socket buffers on both hops plus the server's, a few MiB at most.
+    assert!(
+        stalled_at < 32 << 20,
+        "the server read {stalled_at} bytes for a client that read nothing"
+    );
+    // The stream ends at its timeout, closing the upstream, though the client still reads nothing.
+    app.mock.wait_for_closed(1, DEADLINE).await;
+    assert_eq!(app.limits.streams_open(), 0, "its slot is free again");
+    drop(response);
+}
+
+#[tokio::test]
+async fn a_request_with_last_event_id_is_told_not_to_reconnect() {
+    let app = spawn_app().await;
+    app.mock
+        .always(Reply::sse(openai::answer(&["x"], Duration::ZERO)));
+
+    let reader = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", "abc:3")]).await;
+
+    assert_eq!(reader.status, 204);
+    assert_eq!(app.mock.request_count(), 0, "the model is not asked again");
+}
+
+#[tokio::test]
+async fn on_shutdown_running_streams_finish_within_the_grace() {
+    let mut app = spawn_demo_app_with(|c| {
+        c.demo_token_ms = 5;
+        c.shutdown_grace_secs = 10.0;
+    })
+    .await;
+    let mut reader = app.open("hi").await;
+    reader.next_data().await.expect("a first token");
+
+    app.begin_shutdown();
+    let answer = reader.read_to_end().await;
+
+    assert!(
+        answer.ended_with_done(),
+        "a stream that fits in the grace finishes normally"
+    );
+    app.stopped().await.unwrap();
+}
+
+#[tokio::test]
+async fn on_shutdown_streams_past_the_grace_end_with_server_shutdown() {
+    let mut app = spawn_app_with(|c| c.shutdown_grace_secs = 0.5).await;
+    app.mock
+        .always(Reply::sse(vec![openai::token("still going")]).then(End::Hang));
+    let mut reader = app.open("hi").await;
+    reader.next_data().await.expect("a first token");
+
+    app.begin_shutdown();
+    let answer = reader.read_to_end().await;
+
+    assert_eq!(
+        answer.error().expect("an in-band error, not a silent cut")["error"],
+        "server_shutdown"
+    );
+    app.stopped().await.unwrap();
+    app.mock.wait_for_closed(1, DEADLINE).await;
+}
+
+#[tokio::test]
+async fn after_shutdown_begins_no_new_connection_is_accepted() {
+    let mut app = spawn_demo_app_with(|_| {}).await;
+    app.stopped().await.unwrap();
+
+    let result = reqwest::get(format!("{}/healthz", app.address)).await;
+
+    assert!(result.is_err(), "the listener is closed");
+}
