@@ -348,7 +348,15 @@ pub async fn rate_limit(
         return Ok(next.call(request).await?.map_into_boxed_body());
     };
     let client = ClientId::of(request.request(), &config);
-    let (budget, response) = match rate.check(client) {
+    // An EventSource reconnecting by itself is told to stop (204) and asks the model nothing:
+    // it costs nothing either.
+    let spend = !request.headers().contains_key("last-event-id");
+    let checked = if spend {
+        rate.check(client)
+    } else {
+        Ok(rate.peek(client))
+    };
+    let (budget, response) = match checked {
         Ok(budget) => (budget, next.call(request).await?.map_into_boxed_body()),
         Err(wait) => {
             let refusal = Refusal::RateLimited { retry_after: wait };

@@ -115,6 +115,19 @@ async fn a_client_that_waits_the_retry_after_is_admitted_again() {
 }
 
 #[tokio::test]
+async fn an_eventsource_reconnect_spends_no_budget() {
+    let app = spawn_app_with(limited(1, 1)).await;
+    app.mock
+        .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+
+    let (reconnect, headers, _) = ask_as(&app, None, &[("Last-Event-ID", "abc:3")]).await;
+
+    assert_eq!(reconnect, 204);
+    assert_eq!(header(&headers, "ratelimit-remaining"), Some(1));
+    assert_eq!(status_as(&app, None, &[]).await, 200, "the budget is whole");
+}
+
+#[tokio::test]
 async fn a_rate_of_zero_turns_rate_limiting_off() {
     let app = spawn_app_with(limited(0, 0)).await;
     app.mock
