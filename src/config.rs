@@ -20,6 +20,17 @@ pub enum ProviderKind {
     Anthropic,
 }
 
+impl ProviderKind {
+    /// The name LLM_PROVIDER takes for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Demo => "demo",
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+        }
+    }
+}
+
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -193,9 +204,7 @@ impl Config {
         if self.provider() != ProviderKind::Demo && self.llm_api_key.is_none() {
             return Err(format!(
                 "LLM_API_KEY is required when LLM_PROVIDER is {} (set any value for a local server that needs none)",
-                self.provider()
-                    .to_possible_value()
-                    .map_or("?".into(), |v| v.get_name().to_owned())
+                self.provider().name()
             ));
         }
         if let Some(origin) = self.cors_allowed_origins.iter().find(|o| o.trim() == "*") {

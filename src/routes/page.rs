@@ -24,7 +24,7 @@ use crate::{
 #[template(path = "index.html")]
 pub struct IndexPage {
     pub model: String,
-    pub provider: String,
+    pub provider: &'static str,
     pub is_demo: bool,
     pub max_query_chars: usize,
     pub version: &'static str,
@@ -55,12 +55,7 @@ pub async fn page(config: web::Data<Config>, provider: web::Data<Provider>) -> i
     let kind = config.provider();
     let page = IndexPage {
         model: provider.model().to_owned(),
-        provider: match kind {
-            ProviderKind::Demo => "demo",
-            ProviderKind::OpenAi => "openai",
-            ProviderKind::Anthropic => "anthropic",
-        }
-        .to_owned(),
+        provider: kind.name(),
         is_demo: kind == ProviderKind::Demo,
         max_query_chars: config.max_query_chars as usize,
         version: env!("CARGO_PKG_VERSION"),

@@ -212,6 +212,16 @@ impl Answer {
         last.get("error").is_some().then_some(last)
     }
 
+    /// Keep-alive comments that arrived before the first data event.
+    pub fn keep_alives_before_first_event(&self) -> usize {
+        let first = self.events.first().map(|e| e.at);
+        self.comments
+            .iter()
+            .filter(|c| c.comment.as_deref() == Some("keep-alive"))
+            .filter(|c| first.is_none_or(|at| c.at < at))
+            .count()
+    }
+
     pub fn ended_with_done(&self) -> bool {
         self.events.last().and_then(|e| e.data.as_deref()) == Some("[DONE]")
     }

@@ -309,8 +309,7 @@ async fn keep_alive_comments_hold_a_slow_stream_open_past_nginxs_read_timeout() 
 
     assert_eq!(answer.tokens(), ["late"], "{}", answer.body);
     assert!(answer.ended_with_done(), "{}", answer.body);
-    let token_at = answer.events[0].at;
-    let before = answer.comments.iter().filter(|c| c.at < token_at).count();
+    let before = answer.keep_alives_before_first_event();
     assert!(
         before >= 2,
         "keep-alive comments before the token: {before}"

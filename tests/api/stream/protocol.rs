@@ -239,12 +239,7 @@ async fn keep_alive_comments_flow_while_the_first_token_is_slow() {
 
     let answer = app.stream("hi").await;
 
-    let first_token = answer.events[0].at;
-    let before = answer
-        .comments
-        .iter()
-        .filter(|c| c.comment.as_deref() == Some("keep-alive") && c.at < first_token)
-        .count();
+    let before = answer.keep_alives_before_first_event();
     assert!(
         before >= 3,
         "keep-alive comments before the first token: {before}"
