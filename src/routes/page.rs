@@ -40,10 +40,23 @@ pub const ASSET_VERSION: &str = match std::str::from_utf8(&ASSET_DIGITS) {
     Ok(version) => version,
     Err(_) => panic!("hex digits are ASCII"),
 };
+/// Every file of ours under static/ (the modules app.js imports are fetched without `?v=` and
+/// revalidated by ETag, but a change to any of them still gives the page new asset URLs), and for
+/// the vendored libraries their manifest, whose versions change with them (hashing their 280 KB
+/// at compile time would be slow).
 const ASSET_DIGITS: [u8; 16] = hex_digest(&[
     include_bytes!("../../static/app.js"),
+    include_bytes!("../../static/announce.js"),
+    include_bytes!("../../static/clipboard.js"),
+    include_bytes!("../../static/markdown.js"),
+    include_bytes!("../../static/refusals.js"),
+    include_bytes!("../../static/resume.js"),
+    include_bytes!("../../static/stream.js"),
+    include_bytes!("../../static/view.js"),
     include_bytes!("../../static/app.css"),
+    include_bytes!("../../static/markdown.css"),
     include_bytes!("../../static/favicon.svg"),
+    include_bytes!("../../static/vendor/README.md"),
 ]);
 
 /// Versioned assets never change under their URL: a year, and no revalidation.

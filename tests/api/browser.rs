@@ -38,8 +38,18 @@ impl Browser {
     /// Starts chromedriver and a fresh browser. Panics, naming the Debian package, when either
     /// is missing: a browser test never skips.
     pub async fn start() -> Self {
+        Self::start_holding(1).await
+    }
+
+    /// A browser that runs alone, for a test that measures timings: no other test's browser
+    /// competes with it for the two cores.
+    pub async fn start_alone() -> Self {
+        Self::start_holding(2).await
+    }
+
+    async fn start_holding(permits: u32) -> Self {
         let permit = BROWSERS
-            .acquire()
+            .acquire_many(permits)
             .await
             .expect("the semaphore is never closed");
         require(CHROMEDRIVER, "chromium-driver");
@@ -168,6 +178,15 @@ impl Browser {
             json!({ "descriptor": { "name": permission }, "state": "granted" }),
         )
         .await;
+    }
+
+    /// A Chrome DevTools Protocol command (`Emulation.setEmulatedMedia` …), through chromedriver.
+    pub async fn cdp(&self, command: &str, params: Value) -> Value {
+        self.session_command(
+            "goog/cdp/execute",
+            json!({ "cmd": command, "params": params }),
+        )
+        .await
     }
 
     /// A command fantoccini has no method for, posted to chromedriver for this session.

@@ -109,6 +109,8 @@ struct State {
     flooded: usize,
     /// Whether a flood stopped because the client stopped taking bytes.
     stalled: bool,
+    /// When the latest `Step::Write` of any reply was written.
+    last_write: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -171,6 +173,11 @@ impl MockUpstream {
 
     pub fn flood_stalled(&self) -> bool {
         self.state.lock().unwrap().stalled
+    }
+
+    /// When the mock last wrote a scripted step (a token, say) to anyone.
+    pub fn last_write_at(&self) -> Option<Instant> {
+        self.state.lock().unwrap().last_write
     }
 
     pub fn flooded_bytes(&self) -> usize {
@@ -254,6 +261,7 @@ impl MockUpstream {
                     if writer.write_all(&bytes).await.is_err() {
                         return;
                     }
+                    self.state.lock().unwrap().last_write = Some(Instant::now());
                 }
                 Step::Sleep(pause) => tokio::time::sleep(pause).await,
                 Step::Flood => {

@@ -1,11 +1,16 @@
 //! The page, proven in a real headless Chromium against the real server and the mock upstream:
-//! what a person sees while an answer streams, stops, fails or is refused.
+//! what a person sees while an answer streams, stops, fails or is refused; the answer as Markdown,
+//! safe whatever the model writes; what a screen reader hears; how it looks.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
+mod access;
 mod answers;
+mod hostile;
+mod looks;
+mod markdown;
 mod problems;
 
 use crate::{
@@ -20,7 +25,7 @@ const VIEW: &str = "
     const view = {
         state: document.body.dataset.state,
         status: $('status').textContent,
-        answer: $('answer').textContent,
+        answer: $('answer').innerText,
         error: $('error').hidden ? '' : $('error').textContent,
         usage: $('usage').hidden ? '' : $('usage').textContent,
         ask_disabled: $('ask').disabled,
@@ -31,7 +36,7 @@ const VIEW: &str = "
 struct View {
     state: String,
     status: String,
-    /// `textContent`: WebDriver's element text would normalise the white space.
+    /// The rendered answer's `innerText`: its text as laid out, without the Markdown's markup.
     answer: String,
     error: String,
     usage: String,
@@ -190,4 +195,56 @@ async fn the_page_is_served_with_security_headers_and_long_cached_versioned_asse
     let missing = app.get(&script.replace("app.js", "nope.js")).await;
     assert_eq!(missing.status(), 404);
     assert!(!header(&missing, "cache-control").contains("max-age"));
+}
+
+/// The clipboard's text, read by the page (needs `clipboard-read` granted).
+async fn clipboard(browser: &Browser) -> String {
+    browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             navigator.clipboard.readText().then(done, (e) => done('failed: ' + e));",
+            vec![],
+        )
+        .await
+        .expect("read the clipboard")
+        .as_str()
+        .expect("text")
+        .to_owned()
+}
+
+/// The tokens `gap` apart, pausing `pause` after the first `pause_after` of them, then finish,
+/// usage and `[DONE]`.
+fn answer_with_pause(
+    tokens: &[&str],
+    gap: Duration,
+    pause_after: usize,
+    pause: Duration,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        if i == pause_after {
+            steps.push(Step::Sleep(pause));
+        } else if i > 0 {
+            steps.push(Step::Sleep(gap));
+        }
+        steps.push(openai::token(token));
+    }
+    steps.extend([
+        openai::finish("stop"),
+        openai::usage(9, tokens.len() as u64),
+        openai::done(),
+    ]);
+    steps
+}
+
+/// Splits text into pieces of about `size` characters, as a model's tokens would come.
+fn pieces(text: &str, size: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+/// White space runs as one space, ends trimmed: to compare text across layout differences.
+fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
