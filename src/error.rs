@@ -118,6 +118,8 @@ pub enum StreamError {
     ServerShutdown,
     #[error("The answer was stopped before it finished.")]
     Cancelled,
+    #[error("The answer grew past what the server keeps for one answer and was stopped.")]
+    TooLong,
 }
 
 impl StreamError {
@@ -132,6 +134,7 @@ impl StreamError {
             Self::StreamInterrupted => "stream_interrupted",
             Self::ServerShutdown => "server_shutdown",
             Self::Cancelled => "cancelled",
+            Self::TooLong => "too_long",
         }
     }
 

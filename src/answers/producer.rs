@@ -18,6 +18,11 @@ use crate::{
     telemetry::StreamReport,
 };
 
+/// The most an answer's log may hold. A real answer is `LLM_MAX_TOKENS` tokens, kilobytes; this only
+/// stops an upstream that streams without end to a client that reads nothing (the log is kept for
+/// resuming, so it does not hold the upstream back by itself).
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
 /// How an answer ended, besides its events.
 enum End {
     /// The last event was appended (a finish, or an upstream error).
@@ -68,7 +73,11 @@ pub(super) async fn produce(
             event = events.next() => match event {
                 Some(Ok(LlmEvent::Token(text))) => {
                     report.token();
-                    answer.log.append(Kind::Message, sse::token_data(&text));
+                    if answer.log.append(Kind::Message, sse::token_data(&text)) == 0
+                        || answer.log.bytes() >= MAX_ANSWER_BYTES
+                    {
+                        break End::Error(StreamError::TooLong);
+                    }
                 }
                 Some(Ok(LlmEvent::Reasoning(text))) => {
                     report.first_output();

@@ -279,6 +279,15 @@ impl SseReader {
     pub async fn get(url: String, headers: &[(&str, &str)]) -> Self {
         let started = Instant::now();
         let response = get_with(url, headers).await;
+        Self::read(response, started)
+    }
+
+    /// Reads a response already received.
+    pub fn from_response(response: reqwest::Response) -> Self {
+        Self::read(response, Instant::now())
+    }
+
+    fn read(response: reqwest::Response, started: Instant) -> Self {
         Self {
             status: response.status().as_u16(),
             headers: response.headers().clone(),
