@@ -108,7 +108,6 @@ struct State {
     closed: Vec<Instant>,
     flooded: usize,
     /// Whether a flood stopped because the client stopped taking bytes.
-    stalled: bool,
 }
 
 #[derive(Clone)]
@@ -167,10 +166,6 @@ impl MockUpstream {
 
     pub fn closed_at(&self) -> Vec<Instant> {
         self.state.lock().unwrap().closed.clone()
-    }
-
-    pub fn flood_stalled(&self) -> bool {
-        self.state.lock().unwrap().stalled
     }
 
     pub fn flooded_bytes(&self) -> usize {
@@ -265,7 +260,6 @@ impl MockUpstream {
                     {
                         self.update(|s| s.flooded += chunk.len());
                     }
-                    self.update(|s| s.stalled = true);
                 }
             }
         }
