@@ -107,7 +107,6 @@ struct State {
     /// When each connection was seen closed by the client, in order.
     closed: Vec<Instant>,
     flooded: usize,
-    /// Whether a flood stopped because the client stopped taking bytes.
 }
 
 #[derive(Clone)]
