@@ -167,6 +167,18 @@ pub struct Config {
     #[arg(long, env = "RESUME_MAX_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub resume_max_bytes: u64,
 
+    /// Seconds a conversation is kept after its last turn.
+    #[arg(long, env = "CONVERSATION_TTL_SECS", default_value_t = 1800.0, value_parser = parse_secs)]
+    pub conversation_ttl_secs: f64,
+
+    /// Most earlier turns a conversation keeps.
+    #[arg(long, env = "CONVERSATION_MAX_TURNS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub conversation_max_turns: u32,
+
+    /// Most characters of earlier turns sent upstream with a follow-up (the oldest turns are left out first).
+    #[arg(long, env = "CONVERSATION_MAX_CHARS", default_value_t = 24_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub conversation_max_chars: u32,
+
     /// A Redis that several instances share for limits and resumable answers (redis://, rediss://, redis+unix://).
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
     pub redis_url: Option<SecretString>,
@@ -296,6 +308,10 @@ impl Config {
 
     pub fn resume_grace(&self) -> Duration {
         Duration::from_secs_f64(self.resume_grace_secs)
+    }
+
+    pub fn conversation_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.conversation_ttl_secs)
     }
 
     pub fn demo_token_interval(&self) -> Duration {

@@ -2,11 +2,12 @@
 //! signals between instances (cancel, a new reader). In this process by default; on Redis with
 //! REDIS_URL, falling back to this process's own limits and logs while Redis is away.
 
+mod conversations;
 pub mod log;
 mod redis;
 mod scripts;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 
@@ -14,7 +15,9 @@ use crate::{
     config::Config,
     error::Refusal,
     limits::{Budget, ClientId, Limits, LimitsView, StreamSlot},
+    llm::Turn,
 };
+use conversations::{Begun, Conversations};
 pub use redis::Follow;
 use redis::{Lease, Redis};
 
@@ -47,9 +50,28 @@ pub struct Refused {
     pub budget: Option<Budget>,
 }
 
+/// Where a question stands in its conversation.
+#[derive(Debug)]
+pub enum Conversation {
+    /// It may be asked: its conversation (a new one when the asked one is unknown), its turn
+    /// number and the earlier turns.
+    Ready {
+        id: String,
+        turn: u32,
+        history: Vec<Turn>,
+    },
+    /// An answer is still running in the asked conversation.
+    Busy,
+}
+
 pub struct Store {
     limits: Arc<Limits>,
     redis: Option<Redis>,
+    conversations: Conversations,
+    /// How long a conversation stays marked busy if its answer's end is never recorded.
+    busy_for: Duration,
+    max_turns: usize,
+    conversation_ttl: Duration,
 }
 
 impl Store {
@@ -60,7 +82,18 @@ impl Store {
             .redis_url
             .as_ref()
             .and_then(|url| Redis::start(url, config, signals_tx));
-        (Self { limits, redis }, signals)
+        let store = Self {
+            limits,
+            redis,
+            conversations: Conversations::new(
+                config.conversation_ttl(),
+                config.conversation_max_turns as usize,
+            ),
+            busy_for: config.stream_timeout() + config.resume_grace() + Duration::from_secs(10),
+            max_turns: config.conversation_max_turns as usize,
+            conversation_ttl: config.conversation_ttl(),
+        };
+        (store, signals)
     }
 
     /// Spends one question of the client's rate and takes a stream slot, or refuses and spends nothing.
@@ -134,5 +167,58 @@ impl Store {
         if let Some(redis) = &self.redis {
             redis.announce(signal);
         }
+    }
+
+    /// Begins `stream`'s turn in conversation `asked` (a new conversation when it is `None`,
+    /// malformed, unknown or expired), marking the conversation busy until [`Store::end_turn`].
+    pub async fn begin_turn(&self, asked: Option<&str>, stream: &str) -> Conversation {
+        let asked = asked.filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        if let Some(id) = asked {
+            match self.begin(id, stream, false).await {
+                Begun::Ready(history) => {
+                    return Conversation::Ready {
+                        id: id.to_owned(),
+                        turn: history.len() as u32 + 1,
+                        history,
+                    };
+                }
+                Begun::Busy => return Conversation::Busy,
+                Begun::Unknown => {}
+            }
+        }
+        let id = crate::answers::new_stream_id();
+        self.begin(&id, stream, true).await;
+        Conversation::Ready {
+            id,
+            turn: 1,
+            history: Vec::new(),
+        }
+    }
+
+    async fn begin(&self, id: &str, stream: &str, new: bool) -> Begun {
+        if let Some(redis) = &self.redis
+            && let Some(begun) = redis.begin_turn(id, stream, new, self.busy_for).await
+        {
+            return begun;
+        }
+        self.conversations.begin(id, stream, new)
+    }
+
+    /// Ends `stream`'s turn in conversation `id`, keeping `turn` (none: the person saw nothing).
+    pub fn end_turn(&self, id: &str, stream: &str, turn: Option<Turn>) {
+        if let Some(redis) = &self.redis {
+            redis.end_turn(id, stream, turn.as_ref(), self.max_turns, self.conversation_ttl);
+        }
+        self.conversations.end(id, stream, turn);
+    }
+
+    /// The turns of conversation `id`; `None` when it is unknown or expired.
+    pub async fn turns(&self, id: &str) -> Option<Vec<Turn>> {
+        if let Some(redis) = &self.redis
+            && let Some(turns) = redis.turns(id).await
+        {
+            return turns;
+        }
+        self.conversations.turns(id)
     }
 }

@@ -75,3 +75,34 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return #KEYS - 1
 ";
+
+/// KEYS: the conversation's turns, its busy mark. ARGV: the stream taking the turn, the mark's ms,
+/// whether the conversation is new. Returns {`ok`, turns…}, {`unknown`} or {`busy`}; marks it busy
+/// only with `ok`.
+pub const CONVERSATION_BEGIN: &str = r"
+if ARGV[3] == '0' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'unknown'}
+end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'busy'}
+end
+local reply = {'ok'}
+for _, turn in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  table.insert(reply, turn)
+end
+return reply
+";
+
+/// KEYS: the conversation's turns, its busy mark. ARGV: the stream ending its turn, the turn as
+/// JSON (empty: nothing to keep), most turns kept, the conversation's ms to live.
+pub const CONVERSATION_END: &str = r"
+if ARGV[2] ~= '' then
+  redis.call('RPUSH', KEYS[1], ARGV[2])
+  redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+return 1
+";

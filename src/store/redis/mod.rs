@@ -5,6 +5,7 @@
 
 mod admission;
 mod answers;
+mod conversations;
 
 use std::{
     future::Future,
