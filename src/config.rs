@@ -150,6 +150,38 @@ pub struct Config {
     /// Serve /metrics on this separate address instead of the main listener.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+
+    /// Milliseconds an EventSource waits before it reconnects (the `retry:` that opens each stream).
+    #[arg(long, env = "RESUME_RETRY_MS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=600_000))]
+    pub resume_retry_ms: u32,
+
+    /// Seconds a finished answer stays resumable.
+    #[arg(long, env = "RESUME_RETENTION_SECS", default_value_t = 300.0, value_parser = parse_secs)]
+    pub resume_retention_secs: f64,
+
+    /// Seconds a running answer goes on with nobody reading it, so that a reconnect finds it (0: stop at once).
+    #[arg(long, env = "RESUME_GRACE_SECS", default_value_t = 10.0, value_parser = parse_secs_or_zero)]
+    pub resume_grace_secs: f64,
+
+    /// Bytes of answers this process keeps for resuming; the oldest finished answers go first.
+    #[arg(long, env = "RESUME_MAX_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resume_max_bytes: u64,
+
+    /// Seconds a conversation is kept after its last turn.
+    #[arg(long, env = "CONVERSATION_TTL_SECS", default_value_t = 1800.0, value_parser = parse_secs)]
+    pub conversation_ttl_secs: f64,
+
+    /// Most earlier turns a conversation keeps.
+    #[arg(long, env = "CONVERSATION_MAX_TURNS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub conversation_max_turns: u32,
+
+    /// Most characters of earlier turns sent upstream with a follow-up (the oldest turns are left out first).
+    #[arg(long, env = "CONVERSATION_MAX_CHARS", default_value_t = 24_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub conversation_max_chars: u32,
+
+    /// A Redis that several instances share for limits and resumable answers (redis://, rediss://, redis+unix://).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
+    pub redis_url: Option<SecretString>,
 }
 
 /// Why start-up stopped before the server ran.
@@ -266,6 +298,22 @@ impl Config {
         Duration::from_secs_f64(self.shutdown_grace_secs)
     }
 
+    pub fn resume_retry(&self) -> Duration {
+        Duration::from_millis(u64::from(self.resume_retry_ms))
+    }
+
+    pub fn resume_retention(&self) -> Duration {
+        Duration::from_secs_f64(self.resume_retention_secs)
+    }
+
+    pub fn resume_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.resume_grace_secs)
+    }
+
+    pub fn conversation_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.conversation_ttl_secs)
+    }
+
     pub fn demo_token_interval(&self) -> Duration {
         Duration::from_millis(self.demo_token_ms)
     }
@@ -328,6 +376,16 @@ fn parse_secs_or_zero(text: &str) -> Result<f64, String> {
         Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(s),
         _ => Err("must be a number of seconds from 0 to 86400".into()),
     }
+}
+
+fn parse_redis_url(text: &str) -> Result<SecretString, String> {
+    let scheme = text.split("://").next().unwrap_or_default();
+    if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") {
+        return Err("must start with redis://, rediss:// or redis+unix://".into());
+    }
+    // Parsed here only to name the problem at start-up; the text (it may hold a password) is not echoed.
+    redis::Client::open(text).map_err(|_| "is not a Redis URL".to_owned())?;
+    Ok(SecretString::from(text.to_owned()))
 }
 
 fn parse_cidr(text: &str) -> Result<IpNet, String> {

@@ -21,6 +21,10 @@ pub enum Refusal {
     NotFound,
     #[error("This address does not accept that method.")]
     MethodNotAllowed,
+    #[error("No answer has this id here: it never existed, or it ended too long ago.")]
+    UnknownStream,
+    #[error("Requests from other sites are not accepted here.")]
+    CrossSite,
 }
 
 /// The refusal's JSON body.
@@ -44,6 +48,8 @@ impl Refusal {
             Self::AtCapacity => "at_capacity",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::UnknownStream => "unknown_stream",
+            Self::CrossSite => "cross_site",
         }
     }
 
@@ -69,7 +75,8 @@ impl ResponseError for Refusal {
             Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } | Self::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownStream => StatusCode::NOT_FOUND,
+            Self::CrossSite => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -109,6 +116,10 @@ pub enum StreamError {
     StreamInterrupted,
     #[error("The server is restarting; please ask again in a moment.")]
     ServerShutdown,
+    #[error("The answer was stopped before it finished.")]
+    Cancelled,
+    #[error("The answer grew past what the server keeps for one answer and was stopped.")]
+    TooLong,
 }
 
 impl StreamError {
@@ -122,6 +133,8 @@ impl StreamError {
             Self::Timeout => "timeout",
             Self::StreamInterrupted => "stream_interrupted",
             Self::ServerShutdown => "server_shutdown",
+            Self::Cancelled => "cancelled",
+            Self::TooLong => "too_long",
         }
     }
 

@@ -1,11 +1,15 @@
 //! llm-stream: stream a language model's answer to the browser, token by token, over Server-Sent Events.
 //!
-//! The path of one request: `startup` wires actix → `limits` (who is this, is there budget) →
-//! `routes::stream` (validate `q`, take a stream slot, ask the provider) → `llm` (the upstream call,
-//! its SSE decoded into our events) → `sse` (frames, ids, keep-alive) → the client.
-//! Beside it: `request_id` (one id per request, in its logs, its response and the upstream call),
-//! `telemetry` (logs, the line each stream leaves) and `metrics` (what `GET /metrics` shows).
+//! The path of one request: `startup` wires actix → `routes::stream` (validate `q`, admit it through
+//! the `store`: rate and stream slot) → `answers` (a producer task per answer owns the upstream call
+//! from `llm` and appends our events to the answer's log; a reader replays and follows that log, here
+//! or on another instance) → `sse` (data lines, frames with ids) → the client.
+//! `store` is what instances share: in this process by default, on Redis with REDIS_URL.
+//! Beside it: `limits` (who the client is, this process's own limits), `request_id` (one id per
+//! request, in its logs, its response and the upstream call), `telemetry` (logs, the line each
+//! stream leaves) and `metrics` (what `GET /metrics` shows).
 
+pub mod answers;
 pub mod config;
 pub mod error;
 pub mod limits;
@@ -15,4 +19,5 @@ pub mod request_id;
 pub mod routes;
 pub mod sse;
 pub mod startup;
+pub mod store;
 pub mod telemetry;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use actix_web::{
-    Error, HttpRequest,
+    Error, HttpMessage, HttpRequest,
     body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
     http::header::{HeaderName, HeaderValue},
@@ -267,23 +267,50 @@ impl Limits {
         }
     }
 
-    /// Takes a stream slot for the client, or refuses.
-    pub fn acquire(&self, client: ClientId) -> Result<StreamSlot, Refusal> {
+    /// Spends one question of the client's rate and takes a stream slot, or refuses and spends
+    /// nothing: a question refused for its open streams keeps its rate budget.
+    pub fn admit(
+        &self,
+        client: ClientId,
+    ) -> Result<(StreamSlot, Option<Budget>), (Refusal, Option<Budget>)> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if open.total >= self.max_streams {
-            return Err(Refusal::AtCapacity).inspect_err(crate::metrics::refused);
+        let slot_refusal = if open.total >= self.max_streams {
+            Some(Refusal::AtCapacity)
+        } else if open.per_client.get(&client).copied().unwrap_or(0) >= self.max_streams_per_client
+        {
+            Some(Refusal::TooManyStreams(self.max_streams_per_client))
+        } else {
+            None
+        };
+        let mut budget = None;
+        if let Some(rate) = &self.rate {
+            // Spend only for a stream that will start, but report the rate first when both refuse.
+            let empty = rate.peek(client).remaining == 0;
+            budget = Some(if slot_refusal.is_none() || empty {
+                rate.check(client)
+                    .map_err(|wait| rate_limited(rate, wait))?
+            } else {
+                rate.peek(client)
+            });
         }
-        let count = open.per_client.entry(client).or_default();
-        if *count >= self.max_streams_per_client {
-            return Err(Refusal::TooManyStreams(self.max_streams_per_client))
-                .inspect_err(crate::metrics::refused);
+        if let Some(refusal) = slot_refusal {
+            crate::metrics::refused(&refusal);
+            return Err((refusal, budget));
         }
-        *count += 1;
+        *open.per_client.entry(client).or_default() += 1;
         open.total += 1;
-        Ok(StreamSlot {
-            client,
-            open: Arc::clone(&self.open),
-        })
+        Ok((
+            StreamSlot {
+                client,
+                open: Arc::clone(&self.open),
+            },
+            budget,
+        ))
+    }
+
+    /// The client's budget now, spending nothing; `None` without a rate limit.
+    pub fn budget(&self, client: ClientId) -> Option<Budget> {
+        self.rate.as_ref().map(|rate| rate.peek(client))
     }
 
     /// Streams open in all.
@@ -332,54 +359,50 @@ impl Limits {
     }
 }
 
-/// Middleware around `/api/stream`: refuses a client over its rate with 429 before the handler
-/// runs (so the upstream is never called), and adds the `RateLimit-*` headers to every answer.
-pub async fn rate_limit(
+/// A refusal for the rate, with the budget it leaves (none, until the wait is over).
+fn rate_limited(rate: &Rate, wait: Duration) -> (Refusal, Option<Budget>) {
+    let refusal = Refusal::RateLimited { retry_after: wait };
+    crate::metrics::refused(&refusal);
+    let budget = rate.budget(0);
+    let budget = Budget {
+        reset_secs: budget.reset_secs.max(crate::error::ceil_secs(wait)),
+        ..budget
+    };
+    (refusal, Some(budget))
+}
+
+/// The budget a handler decided on, for [`rate_limit_headers`] to show.
+#[derive(Clone, Copy)]
+pub struct Decided(pub Option<Budget>);
+
+/// Middleware around `/api/stream`: adds the `RateLimit-*` headers to every answer, with the budget
+/// the handler's admission left, or the client's budget now when it decided none (a resume, a
+/// question refused for its form).
+pub async fn rate_limit_headers(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let (Some(limits), Some(config)) = (
-        request.app_data::<web::Data<Limits>>().cloned(),
-        request.app_data::<web::Data<Config>>().cloned(),
-    ) else {
-        return Ok(next.call(request).await?.map_into_boxed_body());
+    let store = request
+        .app_data::<web::Data<crate::store::Store>>()
+        .cloned();
+    let config = request.app_data::<web::Data<Config>>().cloned();
+    let client = config.map(|config| ClientId::of(request.request(), &config));
+    let mut response = next.call(request).await?.map_into_boxed_body();
+    let decided = response.request().extensions().get::<Decided>().copied();
+    let budget = match (decided, store, client) {
+        (Some(Decided(budget)), _, _) => budget,
+        (None, Some(store), Some(client)) => store.budget(client).await,
+        _ => None,
     };
-    let Some(rate) = &limits.rate else {
-        return Ok(next.call(request).await?.map_into_boxed_body());
-    };
-    let client = ClientId::of(request.request(), &config);
-    // An EventSource reconnecting by itself is told to stop (204) and asks the model nothing:
-    // it costs nothing either.
-    let spend = !request.headers().contains_key("last-event-id");
-    let checked = if spend {
-        rate.check(client)
-    } else {
-        Ok(rate.peek(client))
-    };
-    let (budget, response) = match checked {
-        Ok(budget) => (budget, next.call(request).await?.map_into_boxed_body()),
-        Err(wait) => {
-            let refusal = Refusal::RateLimited { retry_after: wait };
-            crate::metrics::refused(&refusal);
-            let budget = rate.budget(0);
-            let budget = Budget {
-                reset_secs: budget.reset_secs.max(crate::error::ceil_secs(wait)),
-                ..budget
-            };
-            (
-                budget,
-                request.error_response(refusal).map_into_boxed_body(),
-            )
+    if let Some(budget) = budget {
+        let headers = response.headers_mut();
+        for (name, value) in [
+            ("ratelimit-limit", u64::from(budget.limit)),
+            ("ratelimit-remaining", u64::from(budget.remaining)),
+            ("ratelimit-reset", budget.reset_secs),
+        ] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
         }
-    };
-    let mut response = response;
-    let headers = response.headers_mut();
-    for (name, value) in [
-        ("ratelimit-limit", budget.limit as u64),
-        ("ratelimit-remaining", budget.remaining as u64),
-        ("ratelimit-reset", budget.reset_secs),
-    ] {
-        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
     }
     Ok(response)
 }

@@ -29,9 +29,23 @@ pub const TOKENS: &str = "llm_stream_tokens_sent_total";
 /// Upstream responses, by `status`: the HTTP status, or `error` when no response came.
 pub const UPSTREAM: &str = "llm_stream_upstream_responses_total";
 
+/// Resumes asked for, by `outcome`: `resumed` (the rest was sent) or `refused` (204).
+pub const RESUMES: &str = "llm_stream_resumes_total";
+/// Answers stopped by `POST /api/stream/<id>/cancel`.
+pub const CANCELS: &str = "llm_stream_cancels_total";
+/// Bytes of finished answers kept in this process for resuming.
+pub const STORE_BYTES: &str = "llm_stream_resume_store_bytes";
+/// 1 while Redis (REDIS_URL) is reachable, 0 while this instance falls back to itself.
+pub const REDIS_UP: &str = "llm_stream_redis_up";
+/// Time each Redis call took (or until it was given up).
+pub const REDIS_CALL: &str = "llm_stream_redis_call_seconds";
+
 /// Bucket bounds: a first token is expected within a second or two, an answer within a minute.
 const FIRST_TOKEN_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const REDIS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 const DURATION_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
@@ -52,6 +66,7 @@ fn install() -> PrometheusHandle {
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(FIRST_TOKEN.into()), FIRST_TOKEN_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DURATION.into()), DURATION_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REDIS_CALL.into()), REDIS_BUCKETS))
         .unwrap_or_else(|_| unreachable!("the bucket lists are not empty"));
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
@@ -73,7 +88,36 @@ fn install() -> PrometheusHandle {
         UPSTREAM,
         "Upstream responses, by HTTP status (error: none came)."
     );
+    describe_counter!(RESUMES, "Resumes asked for, by outcome (resumed, refused).");
+    describe_counter!(CANCELS, "Answers stopped by an explicit cancel.");
+    describe_gauge!(
+        STORE_BYTES,
+        Unit::Bytes,
+        "Bytes of finished answers kept here for resuming."
+    );
+    describe_gauge!(REDIS_UP, "1 while Redis is reachable, 0 while not.");
+    describe_histogram!(REDIS_CALL, Unit::Seconds, "Time each Redis call took.");
     handle
+}
+
+pub fn resumed(outcome: &'static str) {
+    counter!(RESUMES, "outcome" => outcome).increment(1);
+}
+
+pub fn cancelled() {
+    counter!(CANCELS).increment(1);
+}
+
+pub fn store_bytes(bytes: usize) {
+    gauge!(STORE_BYTES).set(bytes as f64);
+}
+
+pub fn redis_up(up: bool) {
+    gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn redis_call(took: Duration) {
+    histogram!(REDIS_CALL).record(took.as_secs_f64());
 }
 
 /// Sets the open-streams gauge; read from the stream slots at each scrape, so it cannot drift.

@@ -1,16 +1,16 @@
-//! Our events → SSE frames: a JSON `data:` line per event, each with an `id:` of the stream's id and
-//! the event's number, `[DONE]` after a finish, an in-band error that ends the stream otherwise,
-//! and keep-alive comments while nothing else is sent.
-
-use std::time::Duration;
+//! Our events → SSE: the JSON data line of each event as the answer's log keeps it (a token, a
+//! reasoning delta, a finish, `[DONE]`, an in-band error, the opening `stream` event), and the frame
+//! each record of the log becomes, with its id `<stream>:<n>`.
 
 use actix_web_lab::sse;
-use async_stream::stream;
-use futures_util::{Stream, StreamExt};
+use bytestring::ByteString;
 use serde::Serialize;
-use tokio::time::Instant;
 
-use crate::{error::StreamError, llm::LlmEvent, telemetry::StreamReport};
+use crate::{
+    error::StreamError,
+    llm::Finish,
+    store::log::{Kind, Record},
+};
 
 #[derive(Serialize)]
 struct TokenFrame<'a> {
@@ -30,72 +30,64 @@ struct ErrorFrame<'a> {
     retry_after: Option<u64>,
 }
 
-/// Turns a provider's events into SSE frames. Whatever happens, the stream ends with either
-/// `[DONE]` (after a finish) or one error frame: a provider that stops without finishing is
-/// reported as `stream_interrupted`, so a truncated answer never looks complete.
-///
-/// While nothing else is sent for `keepalive` (a slow first token, a retry wait), a `: keep-alive`
-/// comment goes out, so that proxies and browsers keep the connection open.
-pub fn frames<S>(
-    stream_id: String,
-    events: S,
-    keepalive: Duration,
-    mut report: StreamReport,
-) -> impl Stream<Item = sse::Event>
-where
-    S: Stream<Item = Result<LlmEvent, StreamError>>,
-{
-    stream! {
-        let mut events = std::pin::pin!(events);
-        let quiet = tokio::time::sleep(keepalive);
-        let mut quiet = std::pin::pin!(quiet);
-        let mut seq = 0_u64;
-        let mut next_id = move || {
-            seq += 1;
-            format!("{stream_id}:{seq}")
-        };
-        let error = loop {
-            let event = tokio::select! {
-                event = events.next() => event,
-                () = &mut quiet => {
-                    quiet.as_mut().reset(Instant::now() + keepalive);
-                    yield sse::Event::Comment("keep-alive".into());
-                    continue;
-                }
-            };
-            quiet.as_mut().reset(Instant::now() + keepalive);
-            match event {
-                Some(Ok(LlmEvent::Token(text))) => {
-                    report.token();
-                    yield frame(&TokenFrame { token: &text }, next_id());
-                }
-                Some(Ok(LlmEvent::Reasoning(text))) => {
-                    report.first_output();
-                    yield frame(&ReasoningFrame { reasoning: &text }, next_id());
-                }
-                Some(Ok(LlmEvent::Finish(finish))) => {
-                    report.finish("done");
-                    yield frame(&finish, next_id());
-                    yield sse::Data::new("[DONE]").id(next_id()).into();
-                    return;
-                }
-                Some(Err(error)) => break error,
-                None => break StreamError::StreamInterrupted,
-            }
-        };
-        report.finish(error.code());
-        yield frame(&ErrorFrame { error: error.code(), message: error.to_string(), retry_after: error.retry_after() }, next_id());
+#[derive(Serialize)]
+struct OpeningFrame<'a> {
+    stream: &'a str,
+}
+
+/// The data line after a finish: the stream is over.
+pub const DONE: &str = "[DONE]";
+
+/// The name of the opening event, which tells the client its stream id before any token.
+const OPENING_EVENT: &str = "stream";
+
+pub fn opening(stream_id: &str) -> String {
+    json(&OpeningFrame { stream: stream_id })
+}
+
+pub fn token_data(text: &str) -> ByteString {
+    json(&TokenFrame { token: text }).into()
+}
+
+pub fn reasoning_data(text: &str) -> ByteString {
+    json(&ReasoningFrame { reasoning: text }).into()
+}
+
+pub fn finish_data(finish: &Finish) -> ByteString {
+    json(finish).into()
+}
+
+pub fn error_data(error: &StreamError) -> String {
+    json(&ErrorFrame {
+        error: error.code(),
+        message: error.to_string(),
+        retry_after: error.retry_after(),
+    })
+}
+
+fn json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| {
+        r#"{"error":"upstream_error","message":"The answer could not be encoded."}"#.to_owned()
+    })
+}
+
+/// The SSE frame of one record of an answer's log.
+pub fn frame(stream_id: &str, record: &Record) -> sse::Event {
+    let data = sse::Data::new(record.data.clone()).id(format!("{stream_id}:{}", record.n));
+    match record.kind {
+        Kind::Opening => data.event(OPENING_EVENT).into(),
+        Kind::Message | Kind::End => data.into(),
     }
 }
 
-fn frame(value: &impl Serialize, id: String) -> sse::Event {
-    let data = sse::Data::new_json(value).unwrap_or_else(|_| {
-        sse::Data::new(r#"{"error":"upstream_error","message":"The answer could not be encoded."}"#)
-    });
-    data.id(id).into()
+/// The comment sent while nothing else is, so that proxies and browsers keep the connection open.
+pub fn keep_alive() -> sse::Event {
+    sse::Event::Comment("keep-alive".into())
 }
 
-/// A short random id for a stream, shared by its log line and its event ids.
-pub fn new_stream_id() -> String {
-    format!("{:08x}", fastrand::u32(..))
+/// Splits a `Last-Event-ID` (`<stream>:<n>`) into the stream id and the event number.
+pub fn parse_event_id(text: &str) -> Option<(&str, u64)> {
+    let (stream, n) = text.trim().rsplit_once(':')?;
+    let n = n.parse().ok()?;
+    (!stream.is_empty()).then_some((stream, n))
 }

@@ -1,7 +1,7 @@
 //! Builds the application for both `main` and the tests: the listener, every route, the
 //! middleware order and the shared state, in one place.
 
-use std::{future::Future, io, net::SocketAddr, time::Duration};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use actix_cors::Cors;
 use actix_files::Files;
@@ -13,20 +13,23 @@ use actix_web::{
 };
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
+    answers::Answers,
     config::Config,
     error::Refusal,
     limits::{self, Limits},
     llm::Provider,
-    request_id,
-    routes::{self, stream::Shutdown},
+    request_id, routes,
+    store::Store,
 };
 
 pub struct Application {
     server: Server,
     address: SocketAddr,
-    shutdown: Shutdown,
+    /// Fires when the shutdown grace has run out: every running answer ends with `server_shutdown`.
+    shutdown: CancellationToken,
     grace: Duration,
     limits: Data<Limits>,
     /// `/metrics` on its own listener, when METRICS_ADDR asks for one.
@@ -49,8 +52,18 @@ impl Application {
         let metrics_on_main = metrics_listener.is_none();
         let metrics = Data::new(crate::metrics::handle());
         let provider = Data::new(Provider::from_config(&config).map_err(io::Error::other)?);
-        let limits = Data::new(Limits::new(&config));
-        let shutdown = Shutdown::default();
+        let limits = Data::from(Arc::new(Limits::new(&config)));
+        let shutdown = CancellationToken::new();
+        let (store, mut signals) = Store::new(&config, limits.clone().into_inner());
+        let store = Data::new(store);
+        let answers = Answers::new(&config, store.clone().into_inner(), shutdown.clone());
+        let signalled = answers.clone();
+        tokio::spawn(async move {
+            while let Some(signal) = signals.recv().await {
+                signalled.on_signal(signal);
+            }
+        });
+        let answers = Data::new(answers);
         let grace = config.shutdown_grace();
         let config = Data::new(config);
 
@@ -59,13 +72,13 @@ impl Application {
             None => None,
         };
         let app_limits = limits.clone();
-        let app_shutdown = Data::new(shutdown.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(config.clone())
                 .app_data(provider.clone())
                 .app_data(app_limits.clone())
-                .app_data(app_shutdown.clone())
+                .app_data(store.clone())
+                .app_data(answers.clone())
                 .app_data(metrics.clone())
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
                     let refusal = Refusal::InvalidQuery(format!(
@@ -88,7 +101,7 @@ impl Application {
                 })
                 .service(
                     web::resource("/api/stream")
-                        .wrap(middleware::from_fn(limits::rate_limit))
+                        .wrap(middleware::from_fn(limits::rate_limit_headers))
                         .wrap(cors(&config))
                         .route(web::get().to(routes::stream::stream))
                         // OPTIONS stays with CORS, for preflights.
@@ -97,6 +110,11 @@ impl Application {
                                 .guard(guard::Not(guard::Options()))
                                 .to(routes::method_not_allowed),
                         ),
+                )
+                .service(
+                    web::resource("/api/stream/{stream}/cancel")
+                        .route(web::post().to(routes::cancel::cancel))
+                        .default_service(web::route().to(routes::method_not_allowed)),
                 )
                 .service(
                     web::scope("/static")
@@ -167,7 +185,7 @@ impl Application {
             () = &mut stopped => {}
             () = tokio::time::sleep(self.grace) => {
                 tracing::info!("shutdown grace over: ending the remaining streams");
-                self.shutdown.0.cancel();
+                self.shutdown.cancel();
                 stopped.await;
             }
         }

@@ -32,6 +32,7 @@ pub struct StreamReport {
     first_output: Option<Duration>,
     tokens_out: u64,
     outcome: &'static str,
+    resumed: u32,
 }
 
 impl StreamReport {
@@ -47,6 +48,7 @@ impl StreamReport {
             tokens_out: 0,
             // Whatever does not finish on its own was ended by the client going away.
             outcome: "client_gone",
+            resumed: 0,
         }
     }
 
@@ -63,6 +65,11 @@ impl StreamReport {
     pub fn finish(&mut self, outcome: &'static str) {
         self.outcome = outcome;
     }
+
+    /// How many times a reconnecting client picked the answer up again.
+    pub fn resumed(&mut self, times: u32) {
+        self.resumed = times;
+    }
 }
 
 impl Drop for StreamReport {
@@ -78,6 +85,7 @@ impl Drop for StreamReport {
             first_token_ms = self.first_output.map(|d| d.as_secs_f64() * 1e3),
             duration_ms = duration.as_secs_f64() * 1e3,
             outcome = self.outcome,
+            resumed = self.resumed,
             "stream ended"
         );
     }

@@ -38,6 +38,29 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
+/// One earlier exchange of a conversation: the question, and the answer as the person saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Turn {
+    pub question: String,
+    pub answer: String,
+}
+
+/// The newest `turns` that fit in `max_chars` together with `question`: the oldest are left out
+/// first, never the question.
+pub fn window<'a>(turns: &'a [Turn], question: &str, max_chars: usize) -> &'a [Turn] {
+    let mut left = max_chars.saturating_sub(question.chars().count());
+    let mut start = turns.len();
+    for turn in turns.iter().rev() {
+        let chars = turn.question.chars().count() + turn.answer.chars().count();
+        if chars > left {
+            break;
+        }
+        left -= chars;
+        start -= 1;
+    }
+    &turns[start..]
+}
+
 /// A provider's answer as it arrives. Dropping it cancels the upstream call.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<LlmEvent, StreamError>> + Send>>;
 

@@ -3,18 +3,15 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::{
-    config::Config,
-    limits::{ClientId, Limits},
-};
+use crate::{config::Config, limits::ClientId, store::Store};
 
 pub async fn limits(
     request: HttpRequest,
-    limits: web::Data<Limits>,
+    store: web::Data<Store>,
     config: web::Data<Config>,
 ) -> HttpResponse {
     let client = ClientId::of(&request, &config);
     HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
-        .json(limits.view(client, &config))
+        .json(store.view(client, &config).await)
 }

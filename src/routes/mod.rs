@@ -1,5 +1,6 @@
 //! One file per endpoint.
 
+pub mod cancel;
 pub mod health;
 pub mod limits;
 pub mod metrics;

@@ -75,6 +75,9 @@ pub fn test_config(extra: &[&str]) -> Config {
         "0",
         "--shutdown-grace-secs",
         "1",
+        // A client that leaves stops its answer at once, unless a test is about resuming.
+        "--resume-grace-secs",
+        "0",
     ];
     args.extend_from_slice(extra);
     match Config::from_args(args) {
@@ -160,8 +163,11 @@ impl Drop for TestApp {
 #[derive(Clone, Debug)]
 pub struct Event {
     pub id: Option<String>,
+    /// The `event:` name: `None` for the unnamed events an EventSource's `onmessage` sees.
+    pub name: Option<String>,
     pub data: Option<String>,
     pub comment: Option<String>,
+    pub retry: Option<u64>,
     pub at: Instant,
 }
 
@@ -180,8 +186,12 @@ pub struct Answer {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
     pub started: Instant,
-    /// Data events only (no comments).
+    /// Unnamed data events only (no comments, no opening event).
     pub events: Vec<Event>,
+    /// The opening `event: stream`, which carries the stream id.
+    pub opening: Option<Event>,
+    /// The `retry:` the stream opened with.
+    pub retry: Option<u64>,
     pub comments: Vec<Event>,
     pub body: String,
 }
@@ -200,6 +210,15 @@ impl Answer {
             .iter()
             .filter_map(|e| e.json()["token"].as_str().map(str::to_owned))
             .collect()
+    }
+
+    /// The stream id the opening event announced.
+    pub fn stream_id(&self) -> String {
+        let opening = self.opening.as_ref().expect("an opening event");
+        opening.json()["stream"]
+            .as_str()
+            .expect("the opening event names the stream")
+            .to_owned()
     }
 
     pub fn last(&self) -> &Event {
@@ -260,6 +279,15 @@ impl SseReader {
     pub async fn get(url: String, headers: &[(&str, &str)]) -> Self {
         let started = Instant::now();
         let response = get_with(url, headers).await;
+        Self::read(response, started)
+    }
+
+    /// Reads a response already received.
+    pub fn from_response(response: reqwest::Response) -> Self {
+        Self::read(response, Instant::now())
+    }
+
+    fn read(response: reqwest::Response, started: Instant) -> Self {
         Self {
             status: response.status().as_u16(),
             headers: response.headers().clone(),
@@ -299,22 +327,41 @@ impl SseReader {
         }
     }
 
-    /// The next data event, skipping comments.
+    /// The next unnamed data event, skipping comments and the opening event.
     pub async fn next_data(&mut self) -> Option<Event> {
         loop {
             let event = self.next().await?;
-            if event.data.is_some() {
+            if event.data.is_some() && event.name.is_none() {
                 return Some(event);
             }
         }
     }
 
+    /// The opening `event: stream`, which must come first (after `retry:`): the stream id.
+    pub async fn stream_id(&mut self) -> String {
+        loop {
+            let event = self.next().await.expect("an opening event");
+            if event.retry.is_some() && event.data.is_none() {
+                continue;
+            }
+            assert_eq!(event.name.as_deref(), Some("stream"), "the first event");
+            return event.json()["stream"]
+                .as_str()
+                .expect("a stream id")
+                .to_owned();
+        }
+    }
+
     pub async fn read_to_end(mut self) -> Answer {
-        let (mut events, mut comments) = (Vec::new(), Vec::new());
+        let (mut events, mut comments, mut opening, mut retry) =
+            (Vec::new(), Vec::new(), None, None);
         while let Some(event) = self.next().await {
-            if event.data.is_some() {
+            retry = retry.or(event.retry);
+            if event.name.is_some() {
+                opening.get_or_insert(event);
+            } else if event.data.is_some() {
                 events.push(event)
-            } else {
+            } else if event.comment.is_some() {
                 comments.push(event)
             }
         }
@@ -323,6 +370,8 @@ impl SseReader {
             headers: self.headers,
             started: self.started,
             events,
+            opening,
+            retry,
             comments,
             body: String::from_utf8_lossy(&self.raw).into_owned(),
         }
@@ -339,13 +388,19 @@ fn find_blank_line(buffer: &[u8]) -> Option<(usize, usize)> {
 fn parse_block(block: &str) -> Event {
     let mut event = Event {
         id: None,
+        name: None,
         data: None,
         comment: None,
+        retry: None,
         at: Instant::now(),
     };
     for line in block.lines() {
         if let Some(comment) = line.strip_prefix(':') {
             event.comment = Some(comment.trim().to_owned());
+        } else if let Some(name) = line.strip_prefix("event:") {
+            event.name = Some(name.trim_start().to_owned());
+        } else if let Some(retry) = line.strip_prefix("retry:") {
+            event.retry = retry.trim().parse().ok();
         } else if let Some(id) = line.strip_prefix("id:") {
             event.id = Some(id.trim_start().to_owned());
         } else if let Some(data) = line.strip_prefix("data:") {

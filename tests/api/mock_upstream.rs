@@ -107,8 +107,6 @@ struct State {
     /// When each connection was seen closed by the client, in order.
     closed: Vec<Instant>,
     flooded: usize,
-    /// Whether a flood stopped because the client stopped taking bytes.
-    stalled: bool,
     /// When the latest `Step::Write` of any reply was written.
     last_write: Option<Instant>,
 }
@@ -169,10 +167,6 @@ impl MockUpstream {
 
     pub fn closed_at(&self) -> Vec<Instant> {
         self.state.lock().unwrap().closed.clone()
-    }
-
-    pub fn flood_stalled(&self) -> bool {
-        self.state.lock().unwrap().stalled
     }
 
     /// When the mock last wrote a scripted step (a token, say) to anyone.
@@ -273,7 +267,6 @@ impl MockUpstream {
                     {
                         self.update(|s| s.flooded += chunk.len());
                     }
-                    self.update(|s| s.stalled = true);
                 }
             }
         }

@@ -1,0 +1,113 @@
+//! The producer: one task per answer that owns the upstream call and the stream slot, and appends
+//! each event to the answer's log. It ends after the last event, at the deadline, at shutdown, on
+//! an explicit cancel, or when nobody has read the answer for RESUME_GRACE_SECS; dropping what it
+//! owns then closes the upstream connection and frees the slot.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio::time::{Instant, sleep_until};
+
+use super::{Answer, Answers};
+use crate::store::log::Kind;
+use crate::{
+    error::StreamError,
+    llm::{EventStream, LlmEvent},
+    sse,
+    store::Slot,
+    telemetry::StreamReport,
+};
+
+/// The most an answer's log may hold. A real answer is `LLM_MAX_TOKENS` tokens, kilobytes; this only
+/// stops an upstream that streams without end to a client that reads nothing (the log is kept for
+/// resuming, so it does not hold the upstream back by itself).
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// How an answer ended, besides its events.
+enum End {
+    /// The last event was appended (a finish, or an upstream error).
+    Complete,
+    /// Ended early with this error, which is appended for any later reader.
+    Error(StreamError),
+    /// Nobody read it for the whole grace: stopped as a gone client's stream always was.
+    Abandoned,
+}
+
+pub(super) async fn produce(
+    answer: Arc<Answer>,
+    mut events: EventStream,
+    slot: Slot,
+    answers: Answers,
+    mut report: StreamReport,
+) {
+    let _slot = slot;
+    let deadline = Instant::now() + answers.settings.budget;
+    let grace = answers.settings.grace;
+    let mut presence = answer.presence.subscribe();
+    // The first reader attached before this task ran, and may already be gone.
+    let mut left_at = (!presence.borrow_and_update().attached).then(Instant::now);
+    let end = loop {
+        let gone = async {
+            match left_at {
+                Some(at) => sleep_until(at + grace).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = answer.cancel.cancelled() => break End::Error(StreamError::Cancelled),
+            () = answers.shutdown.cancelled() => break End::Error(StreamError::ServerShutdown),
+            () = sleep_until(deadline) => break End::Error(StreamError::Timeout),
+            () = gone => break End::Abandoned,
+            changed = presence.changed() => {
+                if changed.is_err() {
+                    break End::Abandoned;
+                }
+                let attached = presence.borrow_and_update().attached;
+                left_at = match (attached, left_at) {
+                    (true, _) => None,
+                    (false, Some(at)) => Some(at),
+                    (false, None) => Some(Instant::now()),
+                };
+            }
+            event = events.next() => match event {
+                Some(Ok(LlmEvent::Token(text))) => {
+                    report.token();
+                    if answer.log.append(Kind::Message, sse::token_data(&text)) == 0
+                        || answer.log.bytes() >= MAX_ANSWER_BYTES
+                    {
+                        break End::Error(StreamError::TooLong);
+                    }
+                }
+                Some(Ok(LlmEvent::Reasoning(text))) => {
+                    report.first_output();
+                    answer.log.append(Kind::Message, sse::reasoning_data(&text));
+                }
+                Some(Ok(LlmEvent::Finish(finish))) => {
+                    report.finish("done");
+                    answer.log.append(Kind::Message, sse::finish_data(&finish));
+                    answer.log.append(Kind::End, sse::DONE.into());
+                    break End::Complete;
+                }
+                Some(Err(error)) => break End::Error(error),
+                None => break End::Error(StreamError::StreamInterrupted),
+            },
+        }
+    };
+    // The upstream call ends here, before anything else is done.
+    drop(events);
+    match end {
+        End::Complete => {}
+        End::Error(error) => {
+            report.finish(error.code());
+            answer.log.append(Kind::End, sse::error_data(&error).into());
+        }
+        End::Abandoned => {
+            report.finish("client_gone");
+            let error = StreamError::Cancelled;
+            answer.log.append(Kind::End, sse::error_data(&error).into());
+        }
+    }
+    report.resumed(answer.resumed.load(std::sync::atomic::Ordering::Relaxed));
+    answers.finished(&answer);
+}

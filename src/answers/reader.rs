@@ -1,0 +1,191 @@
+//! A reader: one connection's view of an answer. It replays the log after the event the client saw,
+//! then follows the live tail, until the answer ends or a newer reader of the same answer takes over.
+//! While nothing else is sent for KEEPALIVE_SECS, a `: keep-alive` comment goes out.
+
+use std::{pin::pin, sync::Arc};
+
+use actix_web_lab::sse;
+use async_stream::stream;
+use futures_util::Stream;
+use tokio::{sync::watch, time::Instant};
+
+use super::{Answer, Answers, Presence, new_reader_id};
+use crate::store::log::{Kind, Record};
+use crate::{
+    error::StreamError,
+    sse::{frame, keep_alive},
+    store::{Follow, Signal},
+};
+
+/// Most records framed in one go, so that a long replay does not hold the log's lock for long.
+const BATCH: usize = 256;
+
+/// Marks the reader present while it lives, and absent when it goes (unless another took over).
+struct Attached {
+    id: String,
+    reader: u64,
+    presence: watch::Sender<Presence>,
+    answers: Answers,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let reader = self.reader;
+        self.presence.send_if_modified(|p| {
+            let mine = p.reader == reader && p.attached;
+            if mine {
+                p.attached = false;
+            }
+            mine
+        });
+        self.answers.store.announce(Signal::Left {
+            id: std::mem::take(&mut self.id),
+            reader,
+        });
+    }
+}
+
+/// Reads an answer produced here, after event `after` (from the opening event when `None`).
+pub(super) fn local(
+    answer: Arc<Answer>,
+    after: Option<u64>,
+    answers: Answers,
+) -> impl Stream<Item = sse::Event> + use<> {
+    let reader = new_reader_id();
+    let me = Presence {
+        reader,
+        attached: true,
+    };
+    answer.presence.send_replace(me);
+    answers.store.announce(Signal::Reader {
+        id: answer.id.clone(),
+        reader,
+    });
+    let keepalive = answers.settings.keepalive;
+    let mut presence = answer.presence.subscribe();
+    // Made before the body is first polled, so that a client gone at once still counts as gone.
+    let attached = Attached {
+        id: answer.id.clone(),
+        reader,
+        presence: answer.presence.clone(),
+        answers,
+    };
+    stream! {
+        let _attached = attached;
+        let mut cursor = after;
+        let quiet = tokio::time::sleep(keepalive);
+        let mut quiet = pin!(quiet);
+        loop {
+            let appended = answer.log.appended();
+            let mut appended = pin!(appended);
+            appended.as_mut().enable();
+            let batch = answer.log.after(cursor, BATCH);
+            if let Some(last) = batch.last() {
+                cursor = Some(last.n);
+                let end = last.kind == Kind::End;
+                for record in &batch {
+                    yield frame(&answer.id, record);
+                }
+                if end {
+                    return;
+                }
+                quiet.as_mut().reset(Instant::now() + keepalive);
+                continue;
+            }
+            if presence.borrow_and_update().reader != reader {
+                return;
+            }
+            tokio::select! {
+                () = &mut appended => {}
+                changed = presence.changed() => if changed.is_err() { return },
+                () = &mut quiet => {
+                    quiet.as_mut().reset(Instant::now() + keepalive);
+                    yield keep_alive();
+                }
+            }
+        }
+    }
+}
+
+/// Reads an answer produced by another instance, through the shared store.
+pub(super) fn remote(
+    id: String,
+    mut follow: Follow,
+    answers: Answers,
+) -> impl Stream<Item = sse::Event> + use<> {
+    let reader = new_reader_id();
+    let me = Presence {
+        reader,
+        attached: true,
+    };
+    let mut presence = answers.follower(&id, me);
+    answers.store.announce(Signal::Reader {
+        id: id.clone(),
+        reader,
+    });
+    let keepalive = answers.settings.keepalive;
+    let followed = Followed {
+        id: id.clone(),
+        reader,
+        answers,
+    };
+    stream! {
+        let _followed = followed;
+        let quiet = tokio::time::sleep(keepalive);
+        let mut quiet = pin!(quiet);
+        let mut last = follow.after();
+        loop {
+            if presence.borrow_and_update().reader != reader {
+                return;
+            }
+            tokio::select! {
+                batch = follow.next() => match batch {
+                    Some(records) => {
+                        for record in &records {
+                            last = record.n;
+                            yield frame(&id, record);
+                            if record.kind == Kind::End {
+                                return;
+                            }
+                        }
+                        if !records.is_empty() {
+                            quiet.as_mut().reset(Instant::now() + keepalive);
+                        }
+                    }
+                    None => {
+                        // The producer is gone before the end: say so rather than hang.
+                        let record = Record {
+                            n: last + 1,
+                            kind: Kind::End,
+                            data: crate::sse::error_data(&StreamError::StreamInterrupted).into(),
+                        };
+                        yield frame(&id, &record);
+                        return;
+                    }
+                },
+                changed = presence.changed() => if changed.is_err() { return },
+                () = &mut quiet => {
+                    quiet.as_mut().reset(Instant::now() + keepalive);
+                    yield keep_alive();
+                }
+            }
+        }
+    }
+}
+
+/// A reader here of an answer produced elsewhere: tells the producer when it goes.
+struct Followed {
+    id: String,
+    reader: u64,
+    answers: Answers,
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        self.answers.unfollow(&self.id, self.reader);
+        self.answers.store.announce(Signal::Left {
+            id: std::mem::take(&mut self.id),
+            reader: self.reader,
+        });
+    }
+}

@@ -1,0 +1,115 @@
+//! An answer's log in this process: the events in order, as they will be sent, each kept until the
+//! answer is forgotten, and a wake-up for the readers that follow its tail.
+
+use std::sync::{Mutex, PoisonError};
+
+use bytestring::ByteString;
+use tokio::sync::Notify;
+
+/// What an event of the log is, for the reader that frames it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The opening `event: stream`, number 0.
+    Opening,
+    /// A token, a reasoning delta or a finish.
+    Message,
+    /// `[DONE]` or an in-band error: nothing comes after it.
+    End,
+}
+
+impl Kind {
+    /// One letter, as the Redis log stores it.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Self::Opening => "o",
+            Self::Message => "m",
+            Self::End => "e",
+        }
+    }
+
+    pub fn from_tag(tag: &str) -> Self {
+        match tag {
+            "o" => Self::Opening,
+            "e" => Self::End,
+            _ => Self::Message,
+        }
+    }
+}
+
+/// One event of an answer: its number (the `n` of its id `<stream>:<n>`), kind and data line.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub n: u64,
+    pub kind: Kind,
+    pub data: ByteString,
+}
+
+/// What one record costs the store besides its data.
+const RECORD_OVERHEAD: usize = std::mem::size_of::<Record>() + 16;
+
+#[derive(Default)]
+struct State {
+    records: Vec<Record>,
+    bytes: usize,
+}
+
+/// The records of one answer, appended by its producer and read by anyone.
+#[derive(Default)]
+pub struct Log {
+    state: Mutex<State>,
+    appended: Notify,
+}
+
+impl Log {
+    /// Appends the next record (numbered after the last) and wakes the readers; returns its bytes.
+    pub fn append(&self, kind: Kind, data: ByteString) -> usize {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state
+            .records
+            .last()
+            .is_some_and(|last| last.kind == Kind::End)
+        {
+            return 0;
+        }
+        let n = state.records.len() as u64;
+        let bytes = data.len() + RECORD_OVERHEAD;
+        state.records.push(Record { n, kind, data });
+        state.bytes += bytes;
+        drop(state);
+        self.appended.notify_waiters();
+        bytes
+    }
+
+    /// The records numbered above `after`, at most `limit` of them.
+    pub fn after(&self, after: Option<u64>, limit: usize) -> Vec<Record> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = after.map_or(0, |n| n as usize + 1);
+        state
+            .records
+            .get(start..)
+            .map(|rest| rest.iter().take(limit).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The number of the last record, and whether it ends the answer.
+    pub fn last(&self) -> Option<(u64, bool)> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state
+            .records
+            .last()
+            .map(|record| (record.n, record.kind == Kind::End))
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
+    }
+
+    /// Resolves at the next append; make it (and `enable` it) before looking at the log, so that
+    /// an append between the look and the wait is not missed.
+    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
+    }
+}

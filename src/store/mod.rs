@@ -1,0 +1,224 @@
+//! What instances share: admission (the rate and the stream slots), the answers' logs, and the
+//! signals between instances (cancel, a new reader). In this process by default; on Redis with
+//! REDIS_URL, falling back to this process's own limits and logs while Redis is away.
+
+mod conversations;
+pub mod log;
+mod redis;
+mod scripts;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    config::Config,
+    error::Refusal,
+    limits::{Budget, ClientId, Limits, LimitsView, StreamSlot},
+    llm::Turn,
+};
+use conversations::{Begun, Conversations};
+pub use redis::Follow;
+use redis::{Lease, Redis};
+
+/// A signal from one instance to the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// Stop this answer.
+    Cancel(String),
+    /// A new reader of this answer: older ones end; the producer counts it as read.
+    Reader { id: String, reader: u64 },
+    /// This reader of this answer left.
+    Left { id: String, reader: u64 },
+}
+
+/// An open stream's place, local or leased from Redis: released when dropped.
+pub enum Slot {
+    Local(StreamSlot),
+    Lease(Lease),
+}
+
+/// A stream admitted: its slot, and the client's budget after it (for the `RateLimit-*` headers).
+pub struct Admitted {
+    pub slot: Slot,
+    pub budget: Option<Budget>,
+}
+
+/// A stream refused, and the client's budget (nothing was spent).
+pub struct Refused {
+    pub refusal: Refusal,
+    pub budget: Option<Budget>,
+}
+
+/// Where a question stands in its conversation.
+#[derive(Debug)]
+pub enum Conversation {
+    /// It may be asked: its conversation (a new one when the asked one is unknown), its turn
+    /// number and the earlier turns.
+    Ready {
+        id: String,
+        turn: u32,
+        history: Vec<Turn>,
+    },
+    /// An answer is still running in the asked conversation.
+    Busy,
+}
+
+pub struct Store {
+    limits: Arc<Limits>,
+    redis: Option<Redis>,
+    conversations: Conversations,
+    /// How long a conversation stays marked busy if its answer's end is never recorded.
+    busy_for: Duration,
+    max_turns: usize,
+    conversation_ttl: Duration,
+}
+
+impl Store {
+    /// The store, and the signals other instances send (none without Redis).
+    pub fn new(config: &Config, limits: Arc<Limits>) -> (Self, mpsc::UnboundedReceiver<Signal>) {
+        let (signals_tx, signals) = mpsc::unbounded_channel();
+        let redis = config
+            .redis_url
+            .as_ref()
+            .and_then(|url| Redis::start(url, config, signals_tx));
+        let store = Self {
+            limits,
+            redis,
+            conversations: Conversations::new(
+                config.conversation_ttl(),
+                config.conversation_max_turns as usize,
+            ),
+            busy_for: config.stream_timeout() + config.resume_grace() + Duration::from_secs(10),
+            max_turns: config.conversation_max_turns as usize,
+            conversation_ttl: config.conversation_ttl(),
+        };
+        (store, signals)
+    }
+
+    /// Spends one question of the client's rate and takes a stream slot, or refuses and spends nothing.
+    pub async fn admit(&self, client: ClientId) -> Result<Admitted, Refused> {
+        if let Some(redis) = &self.redis
+            && let Some(admission) = redis.admit(client).await
+        {
+            return admission.map(|(lease, budget)| Admitted {
+                slot: Slot::Lease(lease),
+                budget,
+            });
+        }
+        self.limits
+            .admit(client)
+            .map(|(slot, budget)| Admitted {
+                slot: Slot::Local(slot),
+                budget,
+            })
+            .map_err(|(refusal, budget)| Refused { refusal, budget })
+    }
+
+    /// The client's budget now, spending nothing.
+    pub async fn budget(&self, client: ClientId) -> Option<Budget> {
+        if let Some(redis) = &self.redis
+            && let Some((budget, _)) = redis.peek(client).await
+        {
+            return budget;
+        }
+        self.limits.budget(client)
+    }
+
+    /// What `/api/limits` tells a client about itself.
+    pub async fn view(&self, client: ClientId, config: &Config) -> LimitsView {
+        let mut view = self.limits.view(client, config);
+        if let Some(redis) = &self.redis
+            && let Some((budget, open)) = redis.peek(client).await
+        {
+            if let Some(budget) = budget {
+                view.limit = budget.limit;
+                view.remaining = budget.remaining;
+                view.reset_secs = budget.reset_secs;
+            }
+            view.streams_open = open;
+        }
+        view
+    }
+
+    /// Copies an answer's log to Redis as it grows, so that other instances can resume it.
+    pub fn mirror(&self, id: &str, question: &str, client: ClientId, log: Arc<log::Log>) {
+        if let Some(redis) = &self.redis {
+            redis.mirror(id, question, client, log);
+        }
+    }
+
+    /// Follows an answer produced by another instance, after event `after`, if it is there, asked
+    /// with `question`, and not over after `after`.
+    pub async fn follow(&self, id: &str, after: u64, question: &str) -> Option<Follow> {
+        self.redis.as_ref()?.follow(id, after, question).await
+    }
+
+    /// Asks the other instances to stop answer `id`; false when none knows it.
+    pub async fn cancel_elsewhere(&self, id: &str) -> bool {
+        match &self.redis {
+            Some(redis) => redis.cancel(id).await,
+            None => false,
+        }
+    }
+
+    /// Tells the other instances, without waiting.
+    pub fn announce(&self, signal: Signal) {
+        if let Some(redis) = &self.redis {
+            redis.announce(signal);
+        }
+    }
+
+    /// Begins `stream`'s turn in conversation `asked` (a new conversation when it is `None`,
+    /// malformed, unknown or expired), marking the conversation busy until [`Store::end_turn`].
+    pub async fn begin_turn(&self, asked: Option<&str>, stream: &str) -> Conversation {
+        let asked = asked.filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        if let Some(id) = asked {
+            match self.begin(id, stream, false).await {
+                Begun::Ready(history) => {
+                    return Conversation::Ready {
+                        id: id.to_owned(),
+                        turn: history.len() as u32 + 1,
+                        history,
+                    };
+                }
+                Begun::Busy => return Conversation::Busy,
+                Begun::Unknown => {}
+            }
+        }
+        let id = crate::answers::new_stream_id();
+        self.begin(&id, stream, true).await;
+        Conversation::Ready {
+            id,
+            turn: 1,
+            history: Vec::new(),
+        }
+    }
+
+    async fn begin(&self, id: &str, stream: &str, new: bool) -> Begun {
+        if let Some(redis) = &self.redis
+            && let Some(begun) = redis.begin_turn(id, stream, new, self.busy_for).await
+        {
+            return begun;
+        }
+        self.conversations.begin(id, stream, new)
+    }
+
+    /// Ends `stream`'s turn in conversation `id`, keeping `turn` (none: the person saw nothing).
+    pub fn end_turn(&self, id: &str, stream: &str, turn: Option<Turn>) {
+        if let Some(redis) = &self.redis {
+            redis.end_turn(id, stream, turn.as_ref(), self.max_turns, self.conversation_ttl);
+        }
+        self.conversations.end(id, stream, turn);
+    }
+
+    /// The turns of conversation `id`; `None` when it is unknown or expired.
+    pub async fn turns(&self, id: &str) -> Option<Vec<Turn>> {
+        if let Some(redis) = &self.redis
+            && let Some(turns) = redis.turns(id).await
+        {
+            return turns;
+        }
+        self.conversations.turns(id)
+    }
+}

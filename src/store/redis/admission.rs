@@ -1,0 +1,199 @@
+//! Admission on Redis: the rate and the stream slots in one script (see `store::scripts`), and the
+//! leases this instance holds, renewed every [`RENEW_EVERY`] so that they expire within
+//! [`LEASE`] of a crash.
+
+use std::{collections::HashMap, sync::PoisonError, time::Duration};
+
+use ::redis::Script;
+use std::sync::LazyLock;
+
+use super::{REQUEST_LIMIT, Redis};
+use crate::{
+    config::Config,
+    error::Refusal,
+    limits::{Budget, ClientId},
+    store::{Refused, scripts},
+};
+
+/// How long a slot outlives its instance's last renewal.
+const LEASE: Duration = Duration::from_secs(30);
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::ADMIT));
+static PEEK: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::PEEK));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::RENEW));
+
+const ALL_SLOTS: &str = "llm-stream:slots";
+
+fn rate_key(client: ClientId) -> String {
+    format!("llm-stream:rate:{{{client}}}")
+}
+
+fn slots_key(client: ClientId) -> String {
+    format!("llm-stream:slots:{{{client}}}")
+}
+
+pub struct Settings {
+    /// Milliseconds for one question's worth of budget to come back; 0 when there is no rate limit.
+    interval_ms: u64,
+    burst: u32,
+    max_per_client: u32,
+    max_total: u32,
+}
+
+impl Settings {
+    pub fn new(config: &Config) -> Self {
+        let per_minute = u64::from(config.rate_limit_per_minute);
+        Self {
+            interval_ms: 60_000_u64.checked_div(per_minute).unwrap_or(0),
+            burst: config.rate_limit_burst().max(1),
+            max_per_client: config.max_streams_per_client,
+            max_total: config.max_streams,
+        }
+    }
+
+    fn budget(&self, remaining: u32) -> Option<Budget> {
+        (self.interval_ms > 0).then(|| {
+            let remaining = remaining.min(self.burst);
+            Budget {
+                limit: self.burst,
+                remaining,
+                reset_secs: (self.interval_ms * u64::from(self.burst - remaining)).div_ceil(1000),
+            }
+        })
+    }
+}
+
+/// This instance's leases: id → client.
+pub type Leases = HashMap<String, ClientId>;
+
+/// A stream slot leased from Redis: released (in the background) when dropped.
+pub struct Lease {
+    id: String,
+    client: ClientId,
+    redis: Redis,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.redis
+            .0
+            .leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+        let redis = self.redis.clone();
+        let (id, client) = (std::mem::take(&mut self.id), self.client);
+        tokio::spawn(async move {
+            let mut manager = redis.manager();
+            let mut pipe = ::redis::pipe();
+            pipe.zrem(slots_key(client), &id).zrem(ALL_SLOTS, &id);
+            let release = pipe.query_async::<()>(&mut manager);
+            redis.call(super::BACKGROUND_LIMIT, release).await;
+        });
+    }
+}
+
+impl Redis {
+    /// `None` when Redis cannot say (the caller decides locally).
+    pub async fn admit(
+        &self,
+        client: ClientId,
+    ) -> Option<Result<(Lease, Option<Budget>), Refused>> {
+        let settings = &self.0.admission;
+        let id = crate::answers::new_stream_id();
+        let mut manager = self.manager();
+        let mut invocation = ADMIT.key(rate_key(client));
+        invocation
+            .key(slots_key(client))
+            .key(ALL_SLOTS)
+            .arg(settings.interval_ms)
+            .arg(settings.burst)
+            .arg(settings.max_per_client)
+            .arg(settings.max_total)
+            .arg(&id)
+            .arg(LEASE.as_millis() as u64);
+        let (outcome, wait_ms, remaining): (String, u64, u32) = self
+            .call(REQUEST_LIMIT, invocation.invoke_async(&mut manager))
+            .await?;
+        let budget = settings.budget(remaining);
+        let refusal = match outcome.as_str() {
+            "ok" => {
+                self.0
+                    .leases
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id.clone(), client);
+                let lease = Lease {
+                    id,
+                    client,
+                    redis: self.clone(),
+                };
+                return Some(Ok((lease, budget)));
+            }
+            "rate_limited" => Refusal::RateLimited {
+                retry_after: Duration::from_millis(wait_ms),
+            },
+            "too_many_streams" => Refusal::TooManyStreams(settings.max_per_client),
+            _ => Refusal::AtCapacity,
+        };
+        let budget = match &refusal {
+            Refusal::RateLimited { retry_after } => settings.budget(0).map(|b| Budget {
+                reset_secs: b.reset_secs.max(crate::error::ceil_secs(*retry_after)),
+                ..b
+            }),
+            _ => budget,
+        };
+        crate::metrics::refused(&refusal);
+        Some(Err(Refused { refusal, budget }))
+    }
+
+    /// The client's budget and open streams, spending nothing; `None` when Redis cannot say.
+    pub async fn peek(&self, client: ClientId) -> Option<(Option<Budget>, u32)> {
+        let settings = &self.0.admission;
+        let mut manager = self.manager();
+        let mut invocation = PEEK.key(rate_key(client));
+        invocation
+            .key(slots_key(client))
+            .arg(settings.interval_ms)
+            .arg(settings.burst);
+        let (remaining, open): (u32, u32) = self
+            .call(REQUEST_LIMIT, invocation.invoke_async(&mut manager))
+            .await?;
+        Some((settings.budget(remaining), open))
+    }
+
+    /// Renews this instance's leases for ever, every [`RENEW_EVERY`].
+    pub(super) async fn renew_leases(self) {
+        let mut tick = tokio::time::interval(RENEW_EVERY);
+        loop {
+            tick.tick().await;
+            self.renew_now().await;
+        }
+    }
+
+    pub(super) async fn renew_now(&self) {
+        let leases: Vec<(String, ClientId)> = self
+            .0
+            .leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, client)| (id.clone(), *client))
+            .collect();
+        if leases.is_empty() {
+            return;
+        }
+        let mut invocation = RENEW.key(ALL_SLOTS);
+        invocation.arg(LEASE.as_millis() as u64);
+        for (id, client) in &leases {
+            invocation.key(slots_key(*client)).arg(id);
+        }
+        let mut manager = self.manager();
+        self.call::<u64>(
+            super::BACKGROUND_LIMIT,
+            invocation.invoke_async(&mut manager),
+        )
+        .await;
+    }
+}

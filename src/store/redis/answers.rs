@@ -1,0 +1,249 @@
+//! Answers on Redis. The producing instance copies its answer's log to a Redis Stream, batched (an
+//! entry per event, entry id `0-<n>`, so Redis itself refuses a duplicate or out-of-order event),
+//! and keeps an "alive" key while it produces. Any instance can then replay the log after an event
+//! (`XRANGE` with an exclusive start) and follow its tail (`XREAD BLOCK`, on a connection of its
+//! own); when the alive key lapses before the last event, the producer died.
+//!
+//! Keys, each with the answer's retention once it ends: `llm-stream:answer:{<id>}` (a hash: `q`, the
+//! question; `client`), `llm-stream:answer:{<id>}:events` (the stream: fields `k`, the kind, and
+//! `d`, the data line), `llm-stream:answer:{<id>}:alive` (while produced, expires within [`ALIVE`]).
+
+use std::{sync::Arc, time::Duration};
+
+use ::redis::{
+    AsyncCommands,
+    aio::MultiplexedConnection,
+    streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply},
+};
+
+use super::{BACKGROUND_LIMIT, REQUEST_LIMIT, Redis};
+use crate::{
+    limits::ClientId,
+    store::{
+        Signal,
+        log::{Kind, Log, Record},
+    },
+};
+
+/// How long a follower blocks on one read before it looks whether the producer still lives.
+pub const BLOCK: Duration = Duration::from_secs(1);
+/// The alive key's lifetime, renewed every [`ALIVE_EVERY`]: a dead producer is noticed within about
+/// `ALIVE + BLOCK`.
+const ALIVE: Duration = Duration::from_secs(6);
+const ALIVE_EVERY: Duration = Duration::from_secs(2);
+/// Most events written or read in one go.
+const BATCH: usize = 256;
+
+fn meta_key(id: &str) -> String {
+    format!("llm-stream:answer:{{{id}}}")
+}
+
+fn events_key(id: &str) -> String {
+    format!("llm-stream:answer:{{{id}}}:events")
+}
+
+fn alive_key(id: &str) -> String {
+    format!("llm-stream:answer:{{{id}}}:alive")
+}
+
+/// The record of a stream entry `0-<n>`.
+fn record(entry: &StreamId) -> Option<Record> {
+    let n = entry.id.strip_prefix("0-")?.parse().ok()?;
+    let kind: String = entry.get("k")?;
+    let data: String = entry.get("d")?;
+    Some(Record {
+        n,
+        kind: Kind::from_tag(&kind),
+        data: data.into(),
+    })
+}
+
+impl Redis {
+    /// Copies the log as it grows; the opening event (number 0) stays local: a resume always starts after it.
+    pub fn mirror(&self, id: &str, question: &str, client: ClientId, log: Arc<Log>) {
+        if !self.is_up() {
+            return;
+        }
+        let (redis, id, question) = (self.clone(), id.to_owned(), question.to_owned());
+        tokio::spawn(async move {
+            let (meta, events, alive) = (meta_key(&id), events_key(&id), alive_key(&id));
+            let lifetime = (redis.0.budget + redis.0.retention).as_millis() as u64;
+            let mut manager = redis.manager();
+            let mut pipe = ::redis::pipe();
+            pipe.hset_multiple(&meta, &[("q", question), ("client", client.to_string())])
+                .pexpire(&meta, lifetime as i64)
+                .set_options(
+                    &alive,
+                    1,
+                    ::redis::SetOptions::default()
+                        .with_expiration(::redis::SetExpiry::PX(ALIVE.as_millis() as u64)),
+                );
+            let start = pipe.query_async::<()>(&mut manager);
+            if redis.call(BACKGROUND_LIMIT, start).await.is_none() {
+                return;
+            }
+            let mut cursor = Some(0);
+            let mut renew = tokio::time::interval(ALIVE_EVERY);
+            loop {
+                let appended = log.appended();
+                let mut appended = std::pin::pin!(appended);
+                appended.as_mut().enable();
+                let batch = log.after(cursor, BATCH);
+                let Some(last) = batch.last() else {
+                    tokio::select! {
+                        () = &mut appended => {}
+                        _ = renew.tick() => {
+                            let renewal = manager.pexpire::<_, ()>(&alive, ALIVE.as_millis() as i64);
+                            if redis.call(BACKGROUND_LIMIT, renewal).await.is_none() {
+                                return;
+                            }
+                        }
+                    }
+                    continue;
+                };
+                cursor = Some(last.n);
+                let end = last.kind == Kind::End;
+                let mut write = ::redis::pipe();
+                for record in &batch {
+                    write
+                        .cmd("XADD")
+                        .arg(&events)
+                        .arg(format!("0-{}", record.n))
+                        .arg("k")
+                        .arg(record.kind.tag())
+                        .arg("d")
+                        .arg(&*record.data)
+                        .ignore();
+                }
+                let keep = if end {
+                    redis.0.retention.as_millis() as i64
+                } else {
+                    lifetime as i64
+                };
+                write.pexpire(&events, keep).ignore();
+                if end {
+                    write.pexpire(&meta, keep).ignore().del(&alive).ignore();
+                }
+                if redis
+                    .call(BACKGROUND_LIMIT, write.query_async::<()>(&mut manager))
+                    .await
+                    .is_none()
+                    || end
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A follower of answer `id` after event `after`, if the answer is there, asked with
+    /// `question`, and not over after `after`.
+    pub async fn follow(&self, id: &str, after: u64, question: &str) -> Option<Follow> {
+        let mut manager = self.manager();
+        let mut pipe = ::redis::pipe();
+        pipe.hget(meta_key(id), "q")
+            .cmd("XREVRANGE")
+            .arg(events_key(id))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let lookup = pipe.query_async::<(Option<String>, StreamRangeReply)>(&mut manager);
+        let (asked, last) = self.call(REQUEST_LIMIT, lookup).await?;
+        if asked.as_deref() != Some(question) {
+            return None;
+        }
+        let over = last
+            .ids
+            .first()
+            .and_then(record)
+            .is_some_and(|last| last.kind == Kind::End && last.n <= after);
+        if over {
+            return None;
+        }
+        let connection = self.dedicated().await?;
+        Some(Follow {
+            connection,
+            id: id.to_owned(),
+            after,
+        })
+    }
+
+    /// Asks the producer of `id` to stop, wherever it runs; false when no instance knows it.
+    pub async fn cancel(&self, id: &str) -> bool {
+        let mut manager = self.manager();
+        let known = self
+            .call(REQUEST_LIMIT, manager.exists::<_, bool>(meta_key(id)))
+            .await
+            .unwrap_or(false);
+        if known {
+            self.announce(Signal::Cancel(id.to_owned()));
+        }
+        known
+    }
+}
+
+/// A reader's view of an answer produced elsewhere.
+pub struct Follow {
+    connection: MultiplexedConnection,
+    id: String,
+    after: u64,
+}
+
+impl Follow {
+    /// The last event read.
+    pub fn after(&self) -> u64 {
+        self.after
+    }
+
+    /// The next events; `None` once the producer is gone before the end (or Redis is).
+    pub async fn next(&mut self) -> Option<Vec<Record>> {
+        let key = events_key(&self.id);
+        let options = StreamReadOptions::default()
+            .count(BATCH)
+            .block(BLOCK.as_millis() as usize);
+        let read = self
+            .connection
+            .xread_options::<_, _, Option<StreamReadReply>>(
+                &[&key],
+                &[format!("0-{}", self.after)],
+                &options,
+            )
+            .await;
+        let records = match read {
+            Ok(reply) => reply
+                .into_iter()
+                .flat_map(|reply| reply.keys)
+                .flat_map(|stream| stream.ids)
+                .filter_map(|entry| record(&entry))
+                .collect::<Vec<_>>(),
+            Err(_) => return None,
+        };
+        if let Some(last) = records.last() {
+            self.after = last.n;
+            return Some(records);
+        }
+        let alive = self
+            .connection
+            .exists::<_, bool>(alive_key(&self.id))
+            .await
+            .unwrap_or(false);
+        if alive {
+            return Some(Vec::new());
+        }
+        // Gone: whatever it wrote just before going is still worth sending.
+        let rest = self
+            .connection
+            .xrange::<_, _, _, StreamRangeReply>(&key, format!("(0-{}", self.after), "+")
+            .await
+            .ok()?;
+        let records: Vec<Record> = rest.ids.iter().filter_map(record).collect();
+        match records.last() {
+            Some(last) => {
+                self.after = last.n;
+                Some(records)
+            }
+            None => None,
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! REDIS_URL: one connection manager per instance (admissions, answer logs, signals), health and
+//! fallback. No request waits on Redis more than [`REQUEST_LIMIT`]: a failed or slow call marks
+//! Redis down (logged once, `llm_stream_redis_up` 0) and the instance uses its own limits and logs
+//! until a probe finds Redis back, without a restart.
+
+mod admission;
+mod answers;
+mod conversations;
+
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ::redis::{
+    AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisResult, Value,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::mpsc;
+
+pub use admission::Lease;
+pub use answers::Follow;
+
+use super::Signal;
+use crate::config::Config;
+
+/// The longest a request waits on Redis before it goes on without it.
+pub const REQUEST_LIMIT: Duration = Duration::from_millis(100);
+/// The longest a background write (an answer's log) waits.
+const BACKGROUND_LIMIT: Duration = Duration::from_secs(1);
+/// How often a down Redis is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// The channel the instances signal each other on.
+const SIGNALS: &str = "llm-stream:signals";
+
+#[derive(Clone)]
+pub struct Redis(Arc<Inner>);
+
+struct Inner {
+    client: Client,
+    manager: ConnectionManager,
+    up: AtomicBool,
+    admission: admission::Settings,
+    leases: Mutex<admission::Leases>,
+    retention: Duration,
+    budget: Duration,
+}
+
+impl Redis {
+    /// Connects in the background: a Redis that is down at start-up leaves the instance degraded, not stopped.
+    pub fn start(
+        url: &SecretString,
+        config: &Config,
+        signals: mpsc::UnboundedSender<Signal>,
+    ) -> Option<Self> {
+        let client = match connection_info(url.expose_secret()).and_then(Client::open) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "REDIS_URL cannot be used: limits and answers stay in this process");
+                return None;
+            }
+        };
+        let push = move |info: PushInfo| {
+            if let Some(signal) = parse_signal(&info) {
+                let _ = signals.send(signal);
+            }
+            Ok::<(), ::redis::aio::SendError>(())
+        };
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REQUEST_LIMIT * 2))
+            // Explicit: redis-rs's default would cut nothing we send, but say what we rely on.
+            .set_response_timeout(Some(BACKGROUND_LIMIT))
+            .set_number_of_retries(1)
+            .set_push_sender(push)
+            .set_automatic_resubscription();
+        let manager = match ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+        {
+            Ok(manager) => manager,
+            Err(error) => {
+                tracing::error!(%error, "REDIS_URL cannot be used: limits and answers stay in this process");
+                return None;
+            }
+        };
+        let redis = Self(Arc::new(Inner {
+            client,
+            manager,
+            up: AtomicBool::new(false),
+            admission: admission::Settings::new(config),
+            leases: Mutex::default(),
+            retention: config.resume_retention(),
+            budget: config.stream_timeout(),
+        }));
+        crate::metrics::redis_up(false);
+        tokio::spawn(redis.clone().probe());
+        tokio::spawn(redis.clone().renew_leases());
+        Some(redis)
+    }
+
+    fn is_up(&self) -> bool {
+        self.0.up.load(Ordering::Relaxed)
+    }
+
+    fn manager(&self) -> ConnectionManager {
+        self.0.manager.clone()
+    }
+
+    /// Runs one call within `limit`; on failure marks Redis down and gives `None`.
+    async fn call<T>(
+        &self,
+        limit: Duration,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Option<T> {
+        if !self.is_up() {
+            return None;
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(limit, call).await;
+        crate::metrics::redis_call(started.elapsed());
+        match result {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                self.down(&error.to_string());
+                None
+            }
+            Err(_) => {
+                self.down("no answer in time");
+                None
+            }
+        }
+    }
+
+    fn down(&self, why: &str) {
+        if self.0.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                why,
+                "Redis is unreachable: this instance uses its own limits and answers until it is back"
+            );
+            crate::metrics::redis_up(false);
+        }
+    }
+
+    /// While Redis is down, asks it every [`PROBE_EVERY`]; when it answers, subscribes to the
+    /// signals again and uses it again.
+    async fn probe(self) {
+        let mut first = true;
+        loop {
+            if !self.is_up() {
+                let mut manager = self.manager();
+                let ping = async {
+                    ::redis::cmd("PING").query_async::<()>(&mut manager).await?;
+                    manager.subscribe(SIGNALS).await
+                };
+                match tokio::time::timeout(BACKGROUND_LIMIT, ping).await {
+                    Ok(Ok(())) => {
+                        self.0.up.store(true, Ordering::Relaxed);
+                        crate::metrics::redis_up(true);
+                        tracing::info!("Redis is reachable: limits and answers are shared");
+                        // Leases taken while Redis was away are local slots; these are renewed now.
+                        self.renew_now().await;
+                    }
+                    _ if first => tracing::warn!(
+                        "Redis is unreachable at start-up: this instance uses its own limits and answers until it is back"
+                    ),
+                    _ => {}
+                }
+                first = false;
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }
+
+    /// Tells the other instances, without waiting.
+    pub fn announce(&self, signal: Signal) {
+        if !self.is_up() {
+            return;
+        }
+        let message = match &signal {
+            Signal::Cancel(id) => format!("cancel {id}"),
+            Signal::Reader { id, reader } => format!("reader {id} {reader}"),
+            Signal::Left { id, reader } => format!("left {id} {reader}"),
+        };
+        let redis = self.clone();
+        tokio::spawn(async move {
+            let mut manager = redis.manager();
+            let mut publish = ::redis::cmd("PUBLISH");
+            publish.arg(SIGNALS).arg(message);
+            let publish = publish.query_async::<i64>(&mut manager);
+            redis.call(BACKGROUND_LIMIT, publish).await;
+        });
+    }
+
+    /// A connection of its own, for a blocking read that must not hold up the shared one.
+    async fn dedicated(&self) -> Option<::redis::aio::MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REQUEST_LIMIT))
+            .set_response_timeout(Some(answers::BLOCK + BACKGROUND_LIMIT));
+        self.call(
+            REQUEST_LIMIT * 2,
+            self.0
+                .client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+    }
+}
+
+/// The URL's connection settings, with RESP3 so that signals arrive on the shared connection.
+fn connection_info(url: &str) -> RedisResult<::redis::ConnectionInfo> {
+    use ::redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    Ok(info.set_redis_settings(settings))
+}
+
+fn parse_signal(info: &PushInfo) -> Option<Signal> {
+    if info.kind != PushKind::Message {
+        return None;
+    }
+    let text = match info.data.get(1)? {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?,
+        _ => return None,
+    };
+    let mut words = text.split(' ');
+    let (kind, id) = (words.next()?, words.next()?.to_owned());
+    let mut reader = || words.next().and_then(|r| r.parse().ok());
+    match kind {
+        "cancel" => Some(Signal::Cancel(id)),
+        "reader" => Some(Signal::Reader {
+            id,
+            reader: reader()?,
+        }),
+        "left" => Some(Signal::Left {
+            id,
+            reader: reader()?,
+        }),
+        _ => None,
+    }
+}

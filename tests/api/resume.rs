@@ -1,0 +1,300 @@
+//! Durable answers on one instance: the opening event, resuming with `Last-Event-ID` or
+//! `last_event_id=`, the grace after the last reader, explicit cancel, takeover and retention.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    helpers::{CLIENT, DEADLINE, SseReader, TestApp, spawn_app_with},
+    mock_upstream::{Reply, openai},
+};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Tokens "t0 " … "t39 ", 20 ms apart: long enough to drop and come back mid-answer.
+fn numbered(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("t{i} ")).collect()
+}
+
+async fn app_with_answer(count: usize, gap: Duration, grace: f64) -> (TestApp, String) {
+    let app = spawn_app_with(|c| c.resume_grace_secs = grace).await;
+    let tokens = numbered(count);
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    app.mock.always(Reply::sse(openai::answer(&refs, gap)));
+    (app, tokens.concat())
+}
+
+/// Opens a stream, reads `n` tokens, drops the connection; returns the stream id, the text read and the last event id.
+async fn read_then_drop(app: &TestApp, n: usize) -> (String, String, String) {
+    let mut reader = app.open("hi").await;
+    let id = reader.stream_id().await;
+    let (mut text, mut last) = (String::new(), String::new());
+    for _ in 0..n {
+        let event = reader.next_data().await.expect("a token");
+        text.push_str(event.json()["token"].as_str().expect("a token"));
+        last = event.id.expect("an id");
+    }
+    drop(reader);
+    (id, text, last)
+}
+
+fn resume_url(app: &TestApp, question: &str, last_event_id: &str) -> String {
+    let mut url = reqwest::Url::parse(&app.stream_url(question)).expect("url");
+    url.query_pairs_mut()
+        .append_pair("last_event_id", last_event_id);
+    url.to_string()
+}
+
+#[tokio::test]
+async fn every_stream_opens_with_retry_and_a_stream_event_naming_an_unguessable_id() {
+    let (app, _) = app_with_answer(2, Duration::ZERO, 0.0).await;
+
+    let answer = app.stream("hi").await;
+
+    assert_eq!(answer.retry, Some(1000));
+    let opening = answer.opening.as_ref().expect("an opening event");
+    assert_eq!(opening.name.as_deref(), Some("stream"));
+    let id = answer.stream_id();
+    assert_eq!(id.len(), 32, "128 bits as hex: {id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(opening.id.as_deref(), Some(format!("{id}:0").as_str()));
+    assert_eq!(answer.events[0].id, Some(format!("{id}:1")));
+    let other = app.stream("hi").await.stream_id();
+    assert_ne!(id, other);
+}
+
+#[tokio::test]
+async fn a_dropped_stream_resumed_with_last_event_id_gets_exactly_the_rest() {
+    let (app, full) = app_with_answer(40, 20 * MS, 5.0).await;
+    let (id, before, last) = read_then_drop(&app, 5).await;
+    assert_eq!(last, format!("{id}:5"));
+
+    let rest = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &last)])
+        .await
+        .read_to_end()
+        .await;
+
+    assert_eq!(rest.status, 200);
+    assert_eq!(format!("{before}{}", rest.text()), full);
+    let ids: Vec<String> = rest.events.iter().filter_map(|e| e.id.clone()).collect();
+    let expected: Vec<String> = (6..6 + ids.len()).map(|n| format!("{id}:{n}")).collect();
+    assert_eq!(ids, expected, "each event with its original id, in order");
+    assert!(rest.ended_with_done());
+    assert_eq!(app.mock.request_count(), 1, "the model was asked once");
+}
+
+#[tokio::test]
+async fn a_reloaded_page_resumes_with_the_last_event_id_parameter() {
+    let (app, full) = app_with_answer(40, 20 * MS, 5.0).await;
+    let (_, before, last) = read_then_drop(&app, 3).await;
+
+    let rest = SseReader::get(resume_url(&app, "hi", &last), &[])
+        .await
+        .read_to_end()
+        .await;
+
+    assert_eq!(format!("{before}{}", rest.text()), full);
+    assert!(rest.ended_with_done());
+    assert_eq!(app.mock.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_resume_after_the_end_is_told_to_stop_and_one_before_it_gets_the_end() {
+    let (app, _) = app_with_answer(3, Duration::ZERO, 5.0).await;
+    let answer = app.stream("hi").await;
+    let done_id = answer.last().id.clone().expect("an id");
+    let before_done = answer.events[answer.events.len() - 2]
+        .id
+        .clone()
+        .expect("an id");
+
+    let after_end = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &done_id)]).await;
+    let before_end = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &before_done)])
+        .await
+        .read_to_end()
+        .await;
+
+    assert_eq!(after_end.status, 204, "the client already saw the end");
+    assert_eq!(before_end.status, 200);
+    assert_eq!(before_end.events.len(), 1);
+    assert!(before_end.ended_with_done());
+}
+
+#[tokio::test]
+async fn a_resume_with_another_question_or_an_unknown_id_is_told_to_stop() {
+    let (app, _) = app_with_answer(40, 20 * MS, 5.0).await;
+    let (id, _, last) = read_then_drop(&app, 2).await;
+
+    let other_question = SseReader::get(app.stream_url("bye"), &[("Last-Event-ID", &last)]).await;
+    let unknown = SseReader::get(
+        app.stream_url("hi"),
+        &[("Last-Event-ID", "0123456789abcdef0123456789abcdef:2")],
+    )
+    .await;
+    let malformed = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &id)]).await;
+
+    assert_eq!(other_question.status, 204);
+    assert_eq!(unknown.status, 204);
+    assert_eq!(malformed.status, 204);
+    assert_eq!(app.mock.request_count(), 1, "no resume asks the model");
+}
+
+#[tokio::test]
+async fn a_finished_answer_is_forgotten_after_its_retention() {
+    let app = spawn_app_with(|c| c.resume_retention_secs = 0.3).await;
+    app.mock
+        .always(Reply::sse(openai::answer(&["a", "b", "c"], Duration::ZERO)));
+    let answer = app.stream("hi").await;
+    let first = answer.events[0].id.clone().expect("an id");
+
+    let kept = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &first)]).await;
+    assert_eq!(kept.status, 200, "resumable within the retention");
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let later = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &first)]).await;
+        if later.status == 204 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "still resumable long after the retention"
+        );
+        tokio::time::sleep(100 * MS).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_answer_goes_on_for_the_grace_then_its_upstream_is_closed() {
+    let (app, _) = app_with_answer(400, 20 * MS, 2.0).await;
+    let dropped = Instant::now();
+    read_then_drop(&app, 1).await;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        app.mock.closed_count(),
+        0,
+        "still produced 1 s after the drop"
+    );
+    app.mock.wait_for_closed(1, Duration::from_secs(3)).await;
+    let closed = app.mock.closed_at()[0].duration_since(dropped);
+    assert!(
+        closed < Duration::from_secs(3),
+        "closed {closed:?} after the drop"
+    );
+    assert_eq!(app.limits.streams_open(), 0, "its slot is free again");
+}
+
+#[tokio::test]
+async fn without_a_grace_a_dropped_answer_is_cancelled_at_once() {
+    let (app, _) = app_with_answer(400, 20 * MS, 0.0).await;
+    read_then_drop(&app, 1).await;
+
+    app.mock.wait_for_closed(1, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn an_explicit_cancel_stops_the_answer_at_once_despite_a_long_grace() {
+    let (app, _) = app_with_answer(400, 20 * MS, 60.0).await;
+    let mut reader = app.open("hi").await;
+    let id = reader.stream_id().await;
+    reader.next_data().await.expect("a token");
+
+    let cancel = |id: String| {
+        CLIENT
+            .post(format!("{}/api/stream/{id}/cancel", app.address))
+            .send()
+    };
+    let sent = Instant::now();
+    let response = cancel(id.clone()).await.expect("cancel");
+    assert_eq!(response.status(), 204);
+    app.mock.wait_for_closed(1, Duration::from_secs(1)).await;
+    assert!(app.mock.closed_at()[0].duration_since(sent) < Duration::from_secs(1));
+
+    let rest = reader.read_to_end().await;
+    assert_eq!(
+        rest.error().expect("an in-band error")["error"],
+        "cancelled"
+    );
+    assert_eq!(
+        cancel(id).await.expect("cancel").status(),
+        204,
+        "idempotent"
+    );
+    let unknown = cancel("0123456789abcdef0123456789abcdef".into())
+        .await
+        .expect("cancel");
+    assert_eq!(unknown.status(), 404);
+    let body: serde_json::Value = unknown.json().await.expect("JSON");
+    assert_eq!(body["error"], "unknown_stream");
+}
+
+#[tokio::test]
+async fn a_cancel_from_a_foreign_page_is_refused() {
+    let (app, _) = app_with_answer(400, 20 * MS, 60.0).await;
+    let mut reader = app.open("hi").await;
+    let id = reader.stream_id().await;
+    let url = format!("{}/api/stream/{id}/cancel", app.address);
+
+    let foreign = CLIENT
+        .post(&url)
+        .header("Origin", "https://evil.example")
+        .header("Sec-Fetch-Site", "cross-site")
+        .send()
+        .await
+        .expect("cancel");
+    let own = CLIENT
+        .post(&url)
+        .header("Origin", &app.address)
+        .send()
+        .await
+        .expect("cancel");
+
+    assert_eq!(foreign.status(), 403);
+    assert_eq!(own.status(), 204, "the page's own origin may cancel");
+    app.mock.wait_for_closed(1, DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_second_reader_ends_the_first_connection_so_nothing_is_read_twice() {
+    let (app, full) = app_with_answer(60, 20 * MS, 5.0).await;
+    let mut first = app.open("hi").await;
+    first.stream_id().await;
+    let mut before = String::new();
+    let mut last = String::new();
+    for _ in 0..3 {
+        let event = first.next_data().await.expect("a token");
+        before.push_str(event.json()["token"].as_str().expect("token"));
+        last = event.id.expect("an id");
+    }
+
+    let second = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &last)]).await;
+    let old = first.read_to_end().await;
+    let rest = second.read_to_end().await;
+
+    assert!(!old.ended_with_done(), "the older connection ended early");
+    assert_eq!(format!("{before}{}", rest.text()), full);
+    assert_eq!(app.mock.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_resume_spends_no_rate_budget_and_keeps_the_streams_slot() {
+    let app = spawn_app_with(|c| {
+        c.resume_grace_secs = 5.0;
+        c.rate_limit_per_minute = 1;
+        c.rate_limit_burst = Some(1);
+        c.max_streams_per_client = 1;
+    })
+    .await;
+    let tokens = numbered(40);
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    app.mock.always(Reply::sse(openai::answer(&refs, 20 * MS)));
+    let (_, _, last) = read_then_drop(&app, 2).await;
+
+    let rest = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &last)]).await;
+
+    assert_eq!(
+        rest.status, 200,
+        "no budget left, no free slot, and still resumed"
+    );
+    assert_eq!(app.limits.streams_open(), 1, "one slot for the one answer");
+    assert!(rest.read_to_end().await.ended_with_done());
+}
