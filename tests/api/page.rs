@@ -12,6 +12,7 @@ mod hostile;
 mod looks;
 mod markdown;
 mod problems;
+mod resume;
 
 use crate::{
     browser::Browser,

@@ -1,0 +1,331 @@
+//! Drops, reloads and stopping: a cut connection reconnects and the answer completes exactly, a
+//! refused resume keeps the partial text and says why, a reload continues the answer, and Stop or
+//! Escape cancel the model at once whatever the grace.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use fantoccini::key::Key;
+use serde_json::Value;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+use super::*;
+
+/// A TCP proxy between the browser and the server that the test can cut: every connection open
+/// at that moment is closed, later ones pass.
+struct CutProxy {
+    address: SocketAddr,
+    cuts: Arc<watch::Sender<u64>>,
+}
+
+impl CutProxy {
+    async fn start(target: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let address = listener.local_addr().expect("proxy address");
+        let cuts = Arc::new(watch::channel(0_u64).0);
+        let sender = cuts.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cut = sender.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { address, cuts }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.address)
+    }
+
+    fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+/// "w0 " … "w59 ", 50 ms apart: 3 s, long enough to cut, reload or stop in the middle.
+fn numbered() -> (Vec<String>, Reply) {
+    let tokens: Vec<String> = (0..60).map(|i| format!("w{i} ")).collect();
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let reply = Reply::sse(openai::answer(&refs, Duration::from_millis(50)));
+    (tokens, reply)
+}
+
+/// Records every status line the page shows, and what the status and alert regions say.
+const RECORD: &str = "
+    window.__statuses = [];
+    window.__said = [];
+    const status = document.getElementById('status');
+    new MutationObserver(() => window.__statuses.push(status.textContent))
+        .observe(status, { childList: true, subtree: true, characterData: true });
+    for (const id of ['announcer', 'alert']) {
+        const region = document.getElementById(id);
+        new MutationObserver(() => { if (region.textContent) window.__said.push(region.textContent); })
+            .observe(region, { childList: true, subtree: true, characterData: true });
+    }";
+
+async fn recorded(browser: &Browser, what: &str) -> Vec<String> {
+    serde_json::from_value(browser.js(&format!("return window.{what};")).await).expect("texts")
+}
+
+async fn wait_for_words(browser: &Browser, words: usize) {
+    browser
+        .wait_for(
+            &format!("{words} words of the answer"),
+            &format!(
+                "return document.getElementById('answer').innerText.split(/\\s+/).length >= {words};"
+            ),
+            &describe(),
+        )
+        .await;
+}
+
+/// `llm_stream_cancels_total` from the server's /metrics (0 when nothing was ever cancelled).
+async fn cancels(app: &TestApp) -> u64 {
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+    text.lines()
+        .filter(|line| line.starts_with("llm_stream_cancels_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test]
+async fn a_connection_cut_mid_answer_reconnects_and_the_answer_completes_exactly_from_one_request()
+{
+    // Arrange: the page through a proxy that can cut its connections.
+    let app = spawn_app_with(|c| c.resume_grace_secs = 10.0).await;
+    let (tokens, reply) = numbered();
+    app.mock.always(reply);
+    let proxy = CutProxy::start(app.port).await;
+    let browser = Browser::start().await;
+    browser.goto(&proxy.url()).await;
+    browser.js(RECORD).await;
+    ask(&browser, "Count to sixty").await;
+    wait_for_words(&browser, 10).await;
+
+    // Act
+    proxy.cut();
+    let done = wait_for_state(&browser, "done").await;
+
+    // Assert: the whole answer, once, from one upstream request; the page said it reconnected.
+    assert_eq!(done.answer, tokens.concat().trim_end());
+    assert_eq!(app.mock.request_count(), 1);
+    let statuses = recorded(&browser, "__statuses").await;
+    assert!(
+        statuses.iter().any(|s| s == "Reconnecting…"),
+        "{statuses:?}"
+    );
+    let said = recorded(&browser, "__said").await;
+    assert_eq!(
+        said,
+        [
+            "Answer started",
+            "Connection lost, reconnecting",
+            "Reconnected, the answer continues",
+            "Answer complete, 60 words",
+        ]
+    );
+    assert_eq!(done.error, "");
+}
+
+#[tokio::test]
+async fn a_resume_the_server_refuses_keeps_the_partial_answer_and_explains() {
+    // Arrange: no grace and a short retention, so the cut answer is cancelled and soon forgotten:
+    // the EventSource's reconnection is answered 204.
+    let app = spawn_app_with(|c| {
+        c.resume_grace_secs = 0.0;
+        c.resume_retention_secs = 0.05;
+    })
+    .await;
+    let (tokens, reply) = numbered();
+    app.mock.always(reply);
+    let proxy = CutProxy::start(app.port).await;
+    let browser = Browser::start().await;
+    browser.goto(&proxy.url()).await;
+    browser.js(RECORD).await;
+    ask(&browser, "Count to sixty").await;
+    wait_for_words(&browser, 10).await;
+
+    // Act
+    proxy.cut();
+    let failed = wait_for_state(&browser, "error").await;
+
+    // Assert: the partial text stays, the page says what happened and offers to ask again.
+    let full = tokens.concat();
+    assert!(
+        failed.answer.len() < full.len() && full.starts_with(&failed.answer),
+        "{failed:?}"
+    );
+    assert!(failed.answer.split_whitespace().count() >= 10, "{failed:?}");
+    assert_eq!(
+        failed.error,
+        "The connection to the server was lost and the server could not continue the answer. \
+         The partial answer is kept above. Ask again for a complete answer."
+    );
+    assert!(failed.status.ends_with(" — connection lost"), "{failed:?}");
+    let statuses = recorded(&browser, "__statuses").await;
+    assert!(
+        statuses.iter().any(|s| s == "Reconnecting…"),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        browser
+            .js("return document.getElementById('ask-again').hidden;")
+            .await,
+        false
+    );
+    assert_eq!(app.mock.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_reload_mid_answer_shows_the_question_and_continues_the_answer_without_asking_again() {
+    // Arrange
+    let app = spawn_app_with(|c| c.resume_grace_secs = 10.0).await;
+    let (tokens, reply) = numbered();
+    app.mock.always(reply);
+    let browser = open_page(&app).await;
+    ask(&browser, "Count to sixty").await;
+    wait_for_words(&browser, 10).await;
+    let stream = browser
+        .js("return JSON.parse(sessionStorage.getItem('llm-stream.answer')).stream;")
+        .await;
+
+    // Act
+    browser.client.refresh().await.expect("reload");
+    let done = wait_for_state(&browser, "done").await;
+
+    // Assert: the question shown again, the whole answer, one upstream request, no cancel.
+    assert_eq!(
+        browser
+            .js("return document.getElementById('question').value;")
+            .await,
+        "Count to sixty"
+    );
+    assert_eq!(done.answer, tokens.concat().trim_end());
+    assert_eq!(app.mock.request_count(), 1);
+    assert_eq!(cancels(&app).await, 0, "a reload sends no cancel");
+    let requests: Vec<String> = serde_json::from_value(
+        browser
+            .js(
+                "return performance.getEntriesByType('resource').map((e) => e.name)
+                     .filter((n) => n.includes('/api/stream'));",
+            )
+            .await,
+    )
+    .expect("names");
+    let stream = stream.as_str().expect("a stream id");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(
+        requests[0].ends_with(&format!("&last_event_id={stream}%3A0")),
+        "resumed from the start, to replay what the reload lost: {requests:?}"
+    );
+    assert_eq!(
+        browser
+            .js("return sessionStorage.getItem('llm-stream.answer');")
+            .await,
+        Value::Null,
+        "nothing left to resume once done"
+    );
+}
+
+#[tokio::test]
+async fn stop_and_escape_cancel_the_upstream_within_a_second_despite_a_long_grace() {
+    // Arrange: a minute of grace, and an upstream that never ends by itself.
+    let app = spawn_app_with(|c| c.resume_grace_secs = 60.0).await;
+    let steps: Vec<Step> = (0..100)
+        .flat_map(|i| {
+            [
+                Step::Sleep(Duration::from_millis(50)),
+                openai::token(&format!("w{i} ")),
+            ]
+        })
+        .collect();
+    app.mock.always(Reply::sse(steps).then(End::Hang));
+    let browser = open_page(&app).await;
+
+    // Act: Stop.
+    ask(&browser, "Go on").await;
+    wait_for_words(&browser, 3).await;
+    let stopped_at = Instant::now();
+    browser.click("#stop").await;
+    app.mock.wait_for_closed(1, DEADLINE).await;
+    let stopped = view(&browser).await;
+
+    // Act: Escape, on a second question.
+    browser.click("#ask").await;
+    wait_for_state(&browser, "generating").await;
+    wait_for_words(&browser, 3).await;
+    let escaped_at = Instant::now();
+    browser
+        .type_into("#question", &Key::Escape.to_string())
+        .await;
+    app.mock.wait_for_closed(2, DEADLINE).await;
+    let escaped = view(&browser).await;
+
+    // Assert: each upstream connection closed within a second; the page stopped at once.
+    let closed = app.mock.closed_at();
+    let after_stop = closed[0].duration_since(stopped_at);
+    let after_escape = closed[1].duration_since(escaped_at);
+    println!("upstream closed {after_stop:?} after Stop, {after_escape:?} after Escape");
+    assert!(after_stop < Duration::from_secs(1), "{after_stop:?}");
+    assert!(after_escape < Duration::from_secs(1), "{after_escape:?}");
+    assert_eq!(stopped.state, "stopped");
+    assert_eq!(escaped.state, "stopped");
+    assert_eq!(cancels(&app).await, 2);
+    assert_eq!(app.mock.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_reload_whose_answer_cannot_be_continued_shows_the_question_and_forgets_it() {
+    // Arrange: the page left an answer in progress that the server does not know.
+    let app = spawn_app().await;
+    let browser = open_page(&app).await;
+    browser
+        .js(
+            "sessionStorage.setItem('llm-stream.answer', JSON.stringify({
+                 q: 'An old question', stream: '0123456789abcdef0123456789abcdef',
+                 lastId: '0123456789abcdef0123456789abcdef:7' }));",
+        )
+        .await;
+
+    // Act
+    browser.client.refresh().await.expect("reload");
+    let idle = browser
+        .wait_for(
+            "the page to say the answer could not be continued",
+            &format!("{VIEW} return view.error !== '' ? view : null;"),
+            &describe(),
+        )
+        .await;
+
+    // Assert: the question back in its box, a sentence saying why, nothing left to resume.
+    let idle: View = serde_json::from_value(idle).expect("a view");
+    assert_eq!(idle.state, "idle");
+    assert_eq!(
+        idle.status,
+        "Ready — the answer in progress could not be continued"
+    );
+    assert!(idle.error.contains("could not be continued"), "{idle:?}");
+    assert_eq!(
+        browser
+            .js("return [document.getElementById('question').value,
+                         sessionStorage.getItem('llm-stream.answer')];")
+            .await,
+        serde_json::json!(["An old question", null])
+    );
+    assert!(!idle.ask_disabled);
+    assert_eq!(app.mock.request_count(), 0, "the model was not asked");
+}
