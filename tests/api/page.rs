@@ -9,6 +9,7 @@ use serde::Deserialize;
 mod access;
 mod answers;
 mod hostile;
+mod long;
 mod looks;
 mod markdown;
 mod problems;
