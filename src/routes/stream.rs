@@ -38,6 +38,7 @@ pub async fn stream(
     limits: web::Data<Limits>,
     shutdown: web::Data<Shutdown>,
 ) -> Result<HttpResponse, Refusal> {
+    crate::query::require_utf8(&request)?;
     // An EventSource reconnects by itself when a response ends; 204 tells it to stop,
     // so that nobody asks the model the same question twice by accident.
     if request.headers().contains_key("last-event-id") {
