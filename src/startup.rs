@@ -43,12 +43,16 @@ impl Application {
     /// Binds the listener (port 0 picks a free port) and wires the app; nothing runs until
     /// [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> io::Result<Self> {
-        let listener = bind(&config.listen_addr)?;
+        let listener = bind("LISTEN_ADDR", &config.listen_addr)?;
         let address = listener.local_addr()?;
         if !config.static_dir.is_dir() {
             tracing::warn!(static_dir = %config.static_dir.display(), "STATIC_DIR is not a folder: the page will have no styles or script");
         }
-        let metrics_listener = config.metrics_addr.as_deref().map(bind).transpose()?;
+        let metrics_listener = config
+            .metrics_addr
+            .as_deref()
+            .map(|address| bind("METRICS_ADDR", address))
+            .transpose()?;
         let metrics_on_main = metrics_listener.is_none();
         let metrics = Data::new(crate::metrics::handle());
         let provider = Data::new(Provider::from_config(&config).map_err(io::Error::other)?);
@@ -199,9 +203,14 @@ impl Application {
     }
 }
 
-fn bind(address: &str) -> io::Result<std::net::TcpListener> {
-    std::net::TcpListener::bind(address)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
+/// Binds `address`; a failure (in use, not allowed) names the setting it came from.
+fn bind(setting: &str, address: &str) -> io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(address).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {address} ({setting}): {e}"),
+        )
+    })
 }
 
 /// A listener that serves only `/metrics` (METRICS_ADDR), so that it need not face the internet.

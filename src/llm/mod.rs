@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod demo;
 pub mod openai;
 pub mod upstream;
+mod utf8_guard;
 
 use std::pin::Pin;
 

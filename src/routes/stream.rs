@@ -34,6 +34,7 @@ pub async fn stream(
     store: web::Data<Store>,
     answers: web::Data<Answers>,
 ) -> Result<HttpResponse, Refusal> {
+    crate::query::require_utf8(&request)?;
     let params = params.into_inner();
     let last_event_id = request
         .headers()

@@ -28,7 +28,13 @@ fn busy_key(id: &str) -> String {
 
 impl Redis {
     /// `None` when Redis cannot say.
-    pub async fn begin_turn(&self, id: &str, stream: &str, new: bool, busy_for: Duration) -> Option<Begun> {
+    pub async fn begin_turn(
+        &self,
+        id: &str,
+        stream: &str,
+        new: bool,
+        busy_for: Duration,
+    ) -> Option<Begun> {
         let mut manager = self.manager();
         let mut invocation = BEGIN.key(turns_key(id));
         invocation
@@ -52,7 +58,14 @@ impl Redis {
     }
 
     /// Ends `stream`'s turn, keeping `turn` when there is one; in the background.
-    pub fn end_turn(&self, id: &str, stream: &str, turn: Option<&Turn>, max_turns: usize, ttl: Duration) {
+    pub fn end_turn(
+        &self,
+        id: &str,
+        stream: &str,
+        turn: Option<&Turn>,
+        max_turns: usize,
+        ttl: Duration,
+    ) {
         let json = turn
             .and_then(|turn| serde_json::to_string(turn).ok())
             .unwrap_or_default();
