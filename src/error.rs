@@ -23,6 +23,10 @@ pub enum Refusal {
     MethodNotAllowed,
     #[error("No answer has this id here: it never existed, or it ended too long ago.")]
     UnknownStream,
+    #[error("No conversation has this id here: it never existed, or it expired.")]
+    UnknownConversation,
+    #[error("An answer is still running in this conversation; wait for it to end or stop it.")]
+    ConversationBusy,
     #[error("Requests from other sites are not accepted here.")]
     CrossSite,
 }
@@ -49,6 +53,8 @@ impl Refusal {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnknownStream => "unknown_stream",
+            Self::ConversationBusy => "conversation_busy",
+            Self::UnknownConversation => "unknown_conversation",
             Self::CrossSite => "cross_site",
         }
     }
@@ -75,8 +81,11 @@ impl ResponseError for Refusal {
             Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } | Self::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
-            Self::NotFound | Self::UnknownStream => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownStream | Self::UnknownConversation => {
+                StatusCode::NOT_FOUND
+            }
             Self::CrossSite => StatusCode::FORBIDDEN,
+            Self::ConversationBusy => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }

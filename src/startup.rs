@@ -98,6 +98,10 @@ impl Application {
                 .service(get_only("/", routes::page::page))
                 .service(get_only("/healthz", routes::health::health))
                 .service(get_only("/api/limits", routes::limits::limits))
+                .service(get_only(
+                    "/api/conversations/{conversation}",
+                    routes::conversations::conversation,
+                ))
                 .configure(|app| {
                     if metrics_on_main {
                         app.service(get_only("/metrics", routes::metrics::metrics));

@@ -38,6 +38,8 @@ pub struct Presence {
 pub struct Answer {
     pub id: String,
     question: String,
+    /// The conversation whose turn this answer is.
+    conversation: String,
     pub log: Arc<Log>,
     cancel: CancellationToken,
     presence: watch::Sender<Presence>,
@@ -98,10 +100,15 @@ impl Answers {
     }
 
     /// Starts producing an answer and returns its first reader, from the opening event on.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one part of what an answer owns"
+    )]
     pub fn start(
         &self,
         id: String,
         question: String,
+        (conversation, turn): (String, u32),
         client: ClientId,
         slot: Slot,
         events: EventStream,
@@ -115,14 +122,16 @@ impl Answers {
         let answer = Arc::new(Answer {
             id: id.clone(),
             question,
+            conversation,
             log: Arc::default(),
             cancel: CancellationToken::new(),
             presence,
             resumed: 0.into(),
         });
-        answer
-            .log
-            .append(Kind::Opening, crate::sse::opening(&id).into());
+        answer.log.append(
+            Kind::Opening,
+            crate::sse::opening(&id, &answer.conversation, turn).into(),
+        );
         self.lock().answers.insert(id, Arc::clone(&answer));
         self.store.mirror(
             &answer.id,

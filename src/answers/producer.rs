@@ -45,6 +45,8 @@ pub(super) async fn produce(
     let grace = answers.settings.grace;
     let mut presence = answer.presence.subscribe();
     // The first reader attached before this task ran, and may already be gone.
+    // What the person sees, kept as the conversation's turn however the answer ends.
+    let mut text = String::new();
     let mut left_at = (!presence.borrow_and_update().attached).then(Instant::now);
     let end = loop {
         let gone = async {
@@ -71,9 +73,10 @@ pub(super) async fn produce(
                 };
             }
             event = events.next() => match event {
-                Some(Ok(LlmEvent::Token(text))) => {
+                Some(Ok(LlmEvent::Token(token))) => {
                     report.token();
-                    if answer.log.append(Kind::Message, sse::token_data(&text)) == 0
+                    text.push_str(&token);
+                    if answer.log.append(Kind::Message, sse::token_data(&token)) == 0
                         || answer.log.bytes() >= MAX_ANSWER_BYTES
                     {
                         break End::Error(StreamError::TooLong);
@@ -109,5 +112,12 @@ pub(super) async fn produce(
         }
     }
     report.resumed(answer.resumed.load(std::sync::atomic::Ordering::Relaxed));
+    let turn = (!text.is_empty()).then(|| crate::llm::Turn {
+        question: answer.question.clone(),
+        answer: text,
+    });
+    answers
+        .store
+        .end_turn(&answer.conversation, &answer.id, turn);
     answers.finished(&answer);
 }

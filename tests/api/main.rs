@@ -7,6 +7,7 @@
 
 mod browser;
 mod config;
+mod conversations;
 mod helpers;
 mod limits;
 mod metrics;
