@@ -21,6 +21,11 @@ pub enum Refusal {
     NotFound,
     #[error("This address does not accept that method.")]
     MethodNotAllowed,
+    /// A browser asked on behalf of another site's page (an image, a script, a frame…).
+    #[error(
+        "Another site's page cannot ask this server for answers; open this site's own page to ask."
+    )]
+    CrossSite,
 }
 
 /// The refusal's JSON body.
@@ -44,6 +49,7 @@ impl Refusal {
             Self::AtCapacity => "at_capacity",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::CrossSite => "cross_site",
         }
     }
 
@@ -71,6 +77,7 @@ impl ResponseError for Refusal {
             Self::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::CrossSite => StatusCode::FORBIDDEN,
         }
     }
 

@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::{
     config::Config,
     error::Refusal,
+    fetch_metadata,
     limits::{self, Limits},
     llm::Provider,
     request_id,
@@ -94,6 +95,9 @@ impl Application {
                     web::resource("/api/stream")
                         .wrap(middleware::from_fn(limits::rate_limit))
                         .wrap(cors(&config))
+                        // Outermost: a request made by another site's page is refused before
+                        // CORS, the rate limiter or the handler spend anything on it.
+                        .wrap(middleware::from_fn(fetch_metadata::resource_isolation))
                         .route(web::get().to(routes::stream::stream))
                         // OPTIONS stays with CORS, for preflights.
                         .default_service(

@@ -7,6 +7,7 @@
 
 mod browser;
 mod config;
+mod fetch_metadata;
 mod helpers;
 mod limits;
 mod metrics;
