@@ -41,12 +41,12 @@ pub async fn resource_isolation(
     if allows(request.headers(), request.method(), allowed_origins) {
         return Ok(next.call(request).await?.map_into_boxed_body());
     }
-    let header = |name| header(request.headers(), name).unwrap_or("-");
+    let sent = |name| header(request.headers(), name).unwrap_or("-");
     tracing::info!(
-        site = header("sec-fetch-site"),
-        mode = header("sec-fetch-mode"),
-        dest = header("sec-fetch-dest"),
-        origin = header("origin"),
+        site = sent("sec-fetch-site"),
+        mode = sent("sec-fetch-mode"),
+        dest = sent("sec-fetch-dest"),
+        origin = sent("origin"),
         "refused a request made by another site's page"
     );
     let refusal = Refusal::CrossSite;
