@@ -27,7 +27,10 @@ pub enum Refusal {
     UnknownConversation,
     #[error("An answer is still running in this conversation; wait for it to end or stop it.")]
     ConversationBusy,
-    #[error("Requests from other sites are not accepted here.")]
+    /// A browser asked on behalf of another site's page (an image, a script, a frame…).
+    #[error(
+        "Another site's page cannot ask this server for answers; open this site's own page to ask."
+    )]
     CrossSite,
 }
 

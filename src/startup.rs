@@ -19,6 +19,7 @@ use crate::{
     answers::Answers,
     config::Config,
     error::Refusal,
+    fetch_metadata,
     limits::{self, Limits},
     llm::Provider,
     request_id, routes,
@@ -111,6 +112,9 @@ impl Application {
                     web::resource("/api/stream")
                         .wrap(middleware::from_fn(limits::rate_limit_headers))
                         .wrap(cors(&config))
+                        // Outermost: a request made by another site's page is refused before
+                        // CORS, the rate limiter or the handler spend anything on it.
+                        .wrap(middleware::from_fn(fetch_metadata::resource_isolation))
                         .route(web::get().to(routes::stream::stream))
                         // OPTIONS stays with CORS, for preflights.
                         .default_service(
@@ -121,6 +125,7 @@ impl Application {
                 )
                 .service(
                     web::resource("/api/stream/{stream}/cancel")
+                        .wrap(middleware::from_fn(fetch_metadata::resource_isolation))
                         .route(web::post().to(routes::cancel::cancel))
                         .default_service(web::route().to(routes::method_not_allowed)),
                 )

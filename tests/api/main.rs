@@ -8,6 +8,7 @@
 mod browser;
 mod config;
 mod conversations;
+mod fetch_metadata;
 mod helpers;
 mod limits;
 mod metrics;
