@@ -41,12 +41,14 @@ pub(super) async fn produce(
     mut report: StreamReport,
 ) {
     let _slot = slot;
-    let deadline = Instant::now() + answers.settings.budget;
+    // One timer for the whole answer, not one per event.
+    let deadline = sleep_until(Instant::now() + answers.settings.budget);
+    let mut deadline = std::pin::pin!(deadline);
     let grace = answers.settings.grace;
     let mut presence = answer.presence.subscribe();
-    // The first reader attached before this task ran, and may already be gone.
     // What the person sees, kept as the conversation's turn however the answer ends.
     let mut text = String::new();
+    // The first reader attached before this task ran, and may already be gone.
     let mut left_at = (!presence.borrow_and_update().attached).then(Instant::now);
     let end = loop {
         let gone = async {
@@ -59,7 +61,7 @@ pub(super) async fn produce(
             biased;
             () = answer.cancel.cancelled() => break End::Error(StreamError::Cancelled),
             () = answers.shutdown.cancelled() => break End::Error(StreamError::ServerShutdown),
-            () = sleep_until(deadline) => break End::Error(StreamError::Timeout),
+            () = &mut deadline => break End::Error(StreamError::Timeout),
             () = gone => break End::Abandoned,
             changed = presence.changed() => {
                 if changed.is_err() {
