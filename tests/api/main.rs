@@ -14,4 +14,5 @@ mod mock_upstream;
 mod nginx;
 mod page;
 mod providers;
+mod redis;
 mod stream;
