@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::harness::{Process, RedisServer, eventually, limits_of, stream_url};
+use super::harness::{Process, RedisServer, eventually, stream_url};
 use crate::{
     helpers::{DEADLINE, SseReader},
     mock_upstream::{End, MockUpstream, Reply, openai},
@@ -66,6 +66,14 @@ async fn killing_the_producing_instance_ends_a_resumed_reader_with_stream_interr
         on_b.next().await.is_none(),
         "the stream ends after the error"
     );
+    // An EventSource reconnects after the error: it is told to stop (204), not interrupted again.
+    let end_id = end.id.clone().expect("an id");
+    let again = SseReader::get(
+        stream_url(&b.address, "long"),
+        &[("last-event-id", &end_id)],
+    )
+    .await;
+    assert_eq!(again.status, 204, "resumed after stream_interrupted");
 
     // A's slot was leased in Redis: still held, until the lease runs out with nobody renewing it.
     let refused = SseReader::get(stream_url(&b.address, "again"), &[])
@@ -78,8 +86,11 @@ async fn killing_the_producing_instance_ends_a_resumed_reader_with_stream_interr
         "{}",
         refused.body
     );
+    assert_eq!(redis.live_slots("127.0.0.1").await, 1);
+    // Asked of Redis itself: an instance that found Redis slow for a moment would answer from its
+    // own (empty) slots meanwhile.
     eventually("A's lease to run out", Duration::from_secs(35), || async {
-        limits_of(&b.address, None).await["streams_open"].as_u64() == Some(0)
+        redis.live_slots("127.0.0.1").await == 0
     })
     .await;
     eprintln!("A's slot came back {:?} after the kill", killed.elapsed());
@@ -119,11 +130,11 @@ async fn without_redis_instances_serve_on_their_own_limits_and_share_again_once_
         let (status, took) = ask(&process.address).await;
         eprintln!("{} with Redis dead: {status} in {took:?}", process.address);
         assert_eq!(status, 200, "{}", process.log());
-        assert!(took < Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
         process.wait_redis_up(false, DEADLINE).await;
         let (status, took) = ask(&process.address).await;
         assert_eq!(status, 429, "its own limit holds");
-        assert!(took < Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
     }
 
     redis.restart().await;
@@ -137,4 +148,41 @@ async fn without_redis_instances_serve_on_their_own_limits_and_share_again_once_
     assert_eq!(ask(&b.address).await.0, 200, "a fresh shared budget");
     assert_eq!(ask(&a.address).await.0, 429, "shared again: one for both");
     assert_eq!(mock.request_count(), 4);
+}
+
+#[tokio::test]
+async fn an_instance_started_while_redis_is_down_serves_and_shares_once_redis_is_up() {
+    let mut redis = RedisServer::reserve();
+    let mock = MockUpstream::start().await;
+    mock.always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+    let flags = ["--rate-limit-per-minute", "1", "--rate-limit-burst", "1"];
+    let a = Process::start(&redis, &mock, &flags).await;
+    let b = Process::start(&redis, &mock, &flags).await;
+    let status = |address: String| async move {
+        let started = Instant::now();
+        let answer = SseReader::get(stream_url(&address, "hi"), &[])
+            .await
+            .read_to_end()
+            .await;
+        (answer.status, started.elapsed())
+    };
+
+    assert_eq!(a.redis_up().await, Some(0.0));
+    let (served, took) = status(a.address.clone()).await;
+    assert_eq!(served, 200, "degraded, not down: {}", a.log());
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    eventually("a warning that Redis is down", DEADLINE, || async {
+        a.log().contains("Redis is unreachable at start-up")
+    })
+    .await;
+
+    redis.restart().await;
+    a.wait_redis_up(true, DEADLINE).await;
+    b.wait_redis_up(true, DEADLINE).await;
+    assert_eq!(status(b.address.clone()).await.0, 200);
+    assert_eq!(
+        status(a.address.clone()).await.0,
+        429,
+        "shared once Redis is up"
+    );
 }

@@ -85,6 +85,14 @@ impl RedisServer {
         panic!("redis-server did not start on any of 5 free ports");
     }
 
+    /// A free port and no server on it yet: [`RedisServer::restart`] starts it.
+    pub fn reserve() -> Self {
+        Self {
+            child: None,
+            port: free_port(),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -159,6 +167,17 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
+    /// The leases of `client`'s stream slots that have not expired, as Redis counts them.
+    pub async fn live_slots(&self, client: &str) -> i64 {
+        const LIVE: &str = "local t = redis.call('TIME') \
+            return redis.call('ZCOUNT', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), '+inf')";
+        let key = format!("llm-stream:slots:{{{client}}}");
+        match self.command(&["EVAL", LIVE, "1", &key]).await {
+            ::redis::Value::Int(n) => n,
+            other => panic!("ZCOUNT answered {other:?}"),
+        }
+    }
+
     /// Kills the server at once (SIGKILL): connections drop, nothing is saved.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -219,8 +238,7 @@ pub struct Pair {
     pub a: TestApp,
     pub b: TestApp,
     pub mock: MockUpstream,
-    /// Held for the test's length: dropping it stops the server.
-    _redis: RedisServer,
+    pub redis: RedisServer,
 }
 
 pub async fn pair(adjust: impl Fn(&mut Config)) -> Pair {
@@ -228,12 +246,7 @@ pub async fn pair(adjust: impl Fn(&mut Config)) -> Pair {
     let mock = MockUpstream::start().await;
     let a = instance(&redis, &mock, &adjust).await;
     let b = instance(&redis, &mock, &adjust).await;
-    Pair {
-        a,
-        b,
-        mock,
-        _redis: redis,
-    }
+    Pair { a, b, mock, redis }
 }
 
 /// `GET <address>/api/limits` as `client` (loopback is a trusted proxy, so `X-Real-IP` is believed).

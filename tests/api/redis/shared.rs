@@ -210,6 +210,8 @@ async fn on_redis_one_instance_answers_and_resumes_as_without_it() {
     assert_eq!(plain.status, 200, "{}", plain.body);
     assert_eq!(plain.text(), tokens.concat());
     assert!(plain.ended_with_done(), "{}", plain.body);
+    assert_eq!(plain.retry, Some(1000), "{}", plain.body);
+    assert_eq!(plain.stream_id().len(), 32, "{}", plain.body);
 
     let mut first = app.open("resume").await;
     let stream = first.stream_id().await;
@@ -226,4 +228,38 @@ async fn on_redis_one_instance_answers_and_resumes_as_without_it() {
     assert!(rest.ended_with_done(), "{}", rest.body);
     assert_ids_follow_on(&rest, &stream, 5);
     assert_eq!(mock.request_count(), 2, "one upstream call per question");
+}
+
+#[tokio::test]
+async fn after_redis_restarts_a_cancel_still_reaches_the_producer_on_the_other_instance() {
+    let mut shared = pair(|_| {}).await;
+    shared
+        .mock
+        .always(answer_of(&numbered(50), 100 * MS).then(End::Hang));
+    shared.redis.kill();
+    // Each finds Redis gone on its next call.
+    for address in [&shared.a.address, &shared.b.address] {
+        assert_eq!(limits_of(address, None).await["streams_open"], 0);
+    }
+    shared.redis.restart().await;
+    super::harness::wait_shared(&shared.a.address).await;
+    super::harness::wait_shared(&shared.b.address).await;
+
+    let mut on_a = SseReader::get(stream_url(&shared.a.address, "stop me"), &[]).await;
+    let stream = on_a.stream_id().await;
+    on_a.next_data().await.expect("a first token");
+    let cancelled = CLIENT
+        .post(format!("{}/api/stream/{stream}/cancel", shared.b.address))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.status(), 204);
+    shared.mock.wait_for_closed(1, Duration::from_secs(1)).await;
+    let rest = on_a.read_to_end().await;
+    assert_eq!(
+        rest.error().map(|e| e["error"].clone()),
+        Some("cancelled".into()),
+        "{}",
+        rest.body
+    );
 }
