@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing (nginx, Chromium and its
-# driver, fonts for CJK and emoji, redis-server), then runs every test. A test never skips for a missing tool.
+# driver, fonts for CJK and emoji, redis-server), then runs every test. A test never skips for a
+# missing tool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

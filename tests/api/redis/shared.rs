@@ -263,3 +263,78 @@ async fn after_redis_restarts_a_cancel_still_reaches_the_producer_on_the_other_i
         rest.body
     );
 }
+
+#[tokio::test]
+async fn a_reader_resuming_on_one_instance_ends_the_older_connection_on_the_other() {
+    let shared = pair(|c| c.resume_grace_secs = 5.0).await;
+    shared
+        .mock
+        .always(answer_of(&numbered(100), 50 * MS).then(End::Hang));
+    let (a, b) = (&shared.a.address, &shared.b.address);
+
+    let mut first = SseReader::get(stream_url(a, "q"), &[]).await;
+    let stream = first.stream_id().await;
+    read_tokens(&mut first, 2).await;
+    // A resume on B while A's connection still looks open: A's connection ends…
+    let mut second = SseReader::get(
+        stream_url(b, "q"),
+        &[("last-event-id", &format!("{stream}:2"))],
+    )
+    .await;
+    assert_eq!(second.status, 200);
+    let (ids, _) = read_tokens(&mut second, 2).await;
+    assert_eq!(ids[0], format!("{stream}:3"));
+    while let Some(event) = first.next().await {
+        assert!(event.json().get("error").is_none(), "{:?}", event.data);
+    }
+    // … and a resume back on A ends B's.
+    let last = second
+        .next_data()
+        .await
+        .expect("a token")
+        .id
+        .expect("an id");
+    let mut third = SseReader::get(stream_url(a, "q"), &[("last-event-id", &last)]).await;
+    assert_eq!(third.status, 200);
+    third.next_data().await.expect("a token on the third");
+    while second.next().await.is_some() {}
+    assert_eq!(shared.mock.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_reader_that_leaves_another_instance_starts_the_producers_grace() {
+    let shared = pair(|c| c.resume_grace_secs = 1.0).await;
+    shared
+        .mock
+        .always(answer_of(&numbered(100), 50 * MS).then(End::Hang));
+
+    let mut on_a = SseReader::get(stream_url(&shared.a.address, "q"), &[]).await;
+    let stream = on_a.stream_id().await;
+    read_tokens(&mut on_a, 2).await;
+    drop(on_a);
+    let mut on_b = SseReader::get(
+        stream_url(&shared.b.address, "q"),
+        &[("last-event-id", &format!("{stream}:2"))],
+    )
+    .await;
+    // Read past the grace A started when its own reader left: B's reader keeps the answer going.
+    let read_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < read_until {
+        on_b.next_data().await.expect("a token on B");
+    }
+    assert_eq!(
+        shared.mock.closed_count(),
+        0,
+        "B's reader counts as reading"
+    );
+    let left = Instant::now();
+    drop(on_b);
+
+    shared.mock.wait_for_closed(1, Duration::from_secs(3)).await;
+    let closed = shared.mock.closed_at()[0] - left;
+    eprintln!("B's reader left; the upstream closed on A after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(900),
+        "before the grace: {closed:?}"
+    );
+}
