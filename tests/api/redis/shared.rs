@@ -158,6 +158,26 @@ async fn one_stream_per_client_holds_across_instances_and_frees_when_the_stream_
 }
 
 #[tokio::test]
+async fn max_streams_holds_across_instances_for_every_client() {
+    let shared = pair(|c| c.max_streams = 1).await;
+    shared
+        .mock
+        .always(answer_of(&numbered(50), 100 * MS).then(End::Hang));
+
+    let mut running = SseReader::get(stream_url(&shared.a.address, "one"), &[]).await;
+    running.next_data().await.expect("a first token on A");
+    let other_client = [("x-real-ip", "203.0.113.5")];
+    let refused = SseReader::get(stream_url(&shared.b.address, "two"), &other_client)
+        .await
+        .read_to_end()
+        .await;
+
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body.contains("at_capacity"), "{}", refused.body);
+    assert_eq!(shared.mock.request_count(), 1);
+}
+
+#[tokio::test]
 async fn a_cancel_sent_to_one_instance_stops_the_producer_on_the_other() {
     let shared = pair(|c| c.resume_grace_secs = 30.0).await;
     shared
