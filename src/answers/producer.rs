@@ -35,7 +35,6 @@ pub(super) async fn produce(
     answers: Answers,
     mut report: StreamReport,
 ) {
-    let _slot = slot;
     let deadline = Instant::now() + answers.settings.budget;
     let grace = answers.settings.grace;
     let mut presence = answer.presence.subscribe();
@@ -85,7 +84,9 @@ pub(super) async fn produce(
             },
         }
     };
-    // The upstream call ends here, before anything else is done.
+    // The stream's place and the upstream call end here, before anything else is done: the slot
+    // first, so that whoever sees the upstream closed finds the slot free.
+    drop(slot);
     drop(events);
     match end {
         End::Complete => {}
