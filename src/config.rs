@@ -182,6 +182,10 @@ pub struct Config {
     /// A Redis that several instances share for limits and resumable answers (redis://, rediss://, redis+unix://).
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
     pub redis_url: Option<SecretString>,
+
+    /// Milliseconds a request waits on Redis before it goes on without it (this process's own limits and answers).
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub redis_timeout_ms: u64,
 }
 
 /// Why start-up stopped before the server ran.

@@ -52,6 +52,10 @@ struct Settings {
     retention: Duration,
     grace: Duration,
     max_bytes: usize,
+    /// The most one answer's log may hold: a sixteenth of RESUME_MAX_BYTES (4 MiB by default). A
+    /// real answer is `LLM_MAX_TOKENS` tokens, kilobytes; this only stops an upstream that streams
+    /// without end (the log is kept for resuming, so it does not hold the upstream back by itself).
+    max_answer_bytes: usize,
     keepalive: Duration,
     budget: Duration,
 }
@@ -92,6 +96,8 @@ impl Answers {
                 retention: config.resume_retention(),
                 grace: config.resume_grace(),
                 max_bytes: usize::try_from(config.resume_max_bytes).unwrap_or(usize::MAX),
+                max_answer_bytes: usize::try_from(config.resume_max_bytes / 16)
+                    .unwrap_or(usize::MAX),
                 keepalive: config.keepalive(),
                 budget: config.stream_timeout(),
             },

@@ -18,11 +18,6 @@ use crate::{
     telemetry::StreamReport,
 };
 
-/// The most an answer's log may hold. A real answer is `LLM_MAX_TOKENS` tokens, kilobytes; this only
-/// stops an upstream that streams without end to a client that reads nothing (the log is kept for
-/// resuming, so it does not hold the upstream back by itself).
-const MAX_ANSWER_BYTES: usize = 4 << 20;
-
 /// How an answer ended, besides its events.
 enum End {
     /// The last event was appended (a finish, or an upstream error).
@@ -40,7 +35,6 @@ pub(super) async fn produce(
     answers: Answers,
     mut report: StreamReport,
 ) {
-    let _slot = slot;
     // One timer for the whole answer, not one per event.
     let deadline = sleep_until(Instant::now() + answers.settings.budget);
     let mut deadline = std::pin::pin!(deadline);
@@ -79,7 +73,7 @@ pub(super) async fn produce(
                     report.token();
                     text.push_str(&token);
                     if answer.log.append(Kind::Message, sse::token_data(&token)) == 0
-                        || answer.log.bytes() >= MAX_ANSWER_BYTES
+                        || answer.log.bytes() >= answers.settings.max_answer_bytes
                     {
                         break End::Error(StreamError::TooLong);
                     }
@@ -99,7 +93,9 @@ pub(super) async fn produce(
             },
         }
     };
-    // The upstream call ends here, before anything else is done.
+    // The stream's place and the upstream call end here, before anything else is done: the slot
+    // first, so that whoever sees the upstream closed finds the slot free.
+    drop(slot);
     drop(events);
     match end {
         End::Complete => {}

@@ -16,5 +16,6 @@ mod mock_upstream;
 mod nginx;
 mod page;
 mod providers;
+mod redis;
 mod resume;
 mod stream;
