@@ -2,6 +2,7 @@
 //! limits, their answers and their signals; and what happens when an instance or Redis goes away.
 
 mod behind_nginx;
+mod conversations;
 mod failures;
 pub mod harness;
 mod shared;
