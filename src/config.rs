@@ -48,7 +48,7 @@ pub enum LogFormat {
 )]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:4001")]
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:4001", value_parser = parse_listen_addr)]
     pub listen_addr: String,
 
     /// Upstream provider [default: demo, or openai when LLM_BASE_URL or LLM_API_KEY is set].
@@ -148,7 +148,7 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Serve /metrics on this separate address instead of the main listener.
-    #[arg(long, env = "METRICS_ADDR")]
+    #[arg(long, env = "METRICS_ADDR", value_parser = parse_listen_addr)]
     pub metrics_addr: Option<String>,
 
     /// Milliseconds an EventSource waits before it reconnects (the `retry:` that opens each stream).
@@ -182,6 +182,10 @@ pub struct Config {
     /// A Redis that several instances share for limits and resumable answers (redis://, rediss://, redis+unix://).
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
     pub redis_url: Option<SecretString>,
+
+    /// Milliseconds a request waits on Redis before it goes on without it (this process's own limits and answers).
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub redis_timeout_ms: u64,
 }
 
 /// Why start-up stopped before the server ran.
@@ -348,6 +352,19 @@ fn parse_base_url(text: &str) -> Result<Url, String> {
         url.set_path(&format!("{}/", url.path()));
     }
     Ok(url)
+}
+
+/// `host:port`, checked here rather than at bind time, so that a bad one stops start-up with a
+/// line naming its setting like every other. A host name is resolved (`localhost:4001` works).
+fn parse_listen_addr(text: &str) -> Result<String, String> {
+    use std::net::ToSocketAddrs;
+    match text.to_socket_addrs().map(|mut addresses| addresses.next()) {
+        Ok(Some(_)) => Ok(text.to_owned()),
+        Ok(None) => Err("names no address to listen on".into()),
+        Err(error) => Err(format!(
+            "must be an address and port to listen on, such as 127.0.0.1:4001 or [::]:4001 ({error})"
+        )),
+    }
 }
 
 fn parse_secret(text: &str) -> Result<SecretString, String> {

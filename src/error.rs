@@ -23,7 +23,14 @@ pub enum Refusal {
     MethodNotAllowed,
     #[error("No answer has this id here: it never existed, or it ended too long ago.")]
     UnknownStream,
-    #[error("Requests from other sites are not accepted here.")]
+    #[error("No conversation has this id here: it never existed, or it expired.")]
+    UnknownConversation,
+    #[error("An answer is still running in this conversation; wait for it to end or stop it.")]
+    ConversationBusy,
+    /// A browser asked on behalf of another site's page (an image, a script, a frame…).
+    #[error(
+        "Another site's page cannot ask this server for answers; open this site's own page to ask."
+    )]
     CrossSite,
 }
 
@@ -49,6 +56,8 @@ impl Refusal {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnknownStream => "unknown_stream",
+            Self::ConversationBusy => "conversation_busy",
+            Self::UnknownConversation => "unknown_conversation",
             Self::CrossSite => "cross_site",
         }
     }
@@ -75,8 +84,11 @@ impl ResponseError for Refusal {
             Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } | Self::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
-            Self::NotFound | Self::UnknownStream => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownStream | Self::UnknownConversation => {
+                StatusCode::NOT_FOUND
+            }
             Self::CrossSite => StatusCode::FORBIDDEN,
+            Self::ConversationBusy => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }

@@ -1,6 +1,7 @@
 //! llm-stream: stream a language model's answer to the browser, token by token, over Server-Sent Events.
 //!
-//! The path of one request: `startup` wires actix → `routes::stream` (validate `q`, admit it through
+//! The path of one request: `startup` wires actix → `fetch_metadata` (did a foreign page send it)
+//! → `routes::stream` (`query` held to UTF-8, validate `q`, admit it through
 //! the `store`: rate and stream slot) → `answers` (a producer task per answer owns the upstream call
 //! from `llm` and appends our events to the answer's log; a reader replays and follows that log, here
 //! or on another instance) → `sse` (data lines, frames with ids) → the client.
@@ -12,9 +13,11 @@
 pub mod answers;
 pub mod config;
 pub mod error;
+pub mod fetch_metadata;
 pub mod limits;
 pub mod llm;
 pub mod metrics;
+pub mod query;
 pub mod request_id;
 pub mod routes;
 pub mod sse;

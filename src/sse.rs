@@ -33,6 +33,8 @@ struct ErrorFrame<'a> {
 #[derive(Serialize)]
 struct OpeningFrame<'a> {
     stream: &'a str,
+    conversation: &'a str,
+    turn: u32,
 }
 
 /// The data line after a finish: the stream is over.
@@ -41,8 +43,13 @@ pub const DONE: &str = "[DONE]";
 /// The name of the opening event, which tells the client its stream id before any token.
 const OPENING_EVENT: &str = "stream";
 
-pub fn opening(stream_id: &str) -> String {
-    json(&OpeningFrame { stream: stream_id })
+/// The opening event's data: the stream, its conversation and its turn in it.
+pub fn opening(stream_id: &str, conversation: &str, turn: u32) -> String {
+    json(&OpeningFrame {
+        stream: stream_id,
+        conversation,
+        turn,
+    })
 }
 
 pub fn token_data(text: &str) -> ByteString {

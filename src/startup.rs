@@ -19,6 +19,7 @@ use crate::{
     answers::Answers,
     config::Config,
     error::Refusal,
+    fetch_metadata,
     limits::{self, Limits},
     llm::Provider,
     request_id, routes,
@@ -43,12 +44,16 @@ impl Application {
     /// Binds the listener (port 0 picks a free port) and wires the app; nothing runs until
     /// [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> io::Result<Self> {
-        let listener = bind(&config.listen_addr)?;
+        let listener = bind("LISTEN_ADDR", &config.listen_addr)?;
         let address = listener.local_addr()?;
         if !config.static_dir.is_dir() {
             tracing::warn!(static_dir = %config.static_dir.display(), "STATIC_DIR is not a folder: the page will have no styles or script");
         }
-        let metrics_listener = config.metrics_addr.as_deref().map(bind).transpose()?;
+        let metrics_listener = config
+            .metrics_addr
+            .as_deref()
+            .map(|address| bind("METRICS_ADDR", address))
+            .transpose()?;
         let metrics_on_main = metrics_listener.is_none();
         let metrics = Data::new(crate::metrics::handle());
         let provider = Data::new(Provider::from_config(&config).map_err(io::Error::other)?);
@@ -94,6 +99,10 @@ impl Application {
                 .service(get_only("/", routes::page::page))
                 .service(get_only("/healthz", routes::health::health))
                 .service(get_only("/api/limits", routes::limits::limits))
+                .service(get_only(
+                    "/api/conversations/{conversation}",
+                    routes::conversations::conversation,
+                ))
                 .configure(|app| {
                     if metrics_on_main {
                         app.service(get_only("/metrics", routes::metrics::metrics));
@@ -103,6 +112,9 @@ impl Application {
                     web::resource("/api/stream")
                         .wrap(middleware::from_fn(limits::rate_limit_headers))
                         .wrap(cors(&config))
+                        // Outermost: a request made by another site's page is refused before
+                        // CORS, the rate limiter or the handler spend anything on it.
+                        .wrap(middleware::from_fn(fetch_metadata::resource_isolation))
                         .route(web::get().to(routes::stream::stream))
                         // OPTIONS stays with CORS, for preflights.
                         .default_service(
@@ -113,6 +125,7 @@ impl Application {
                 )
                 .service(
                     web::resource("/api/stream/{stream}/cancel")
+                        .wrap(middleware::from_fn(fetch_metadata::resource_isolation))
                         .route(web::post().to(routes::cancel::cancel))
                         .default_service(web::route().to(routes::method_not_allowed)),
                 )
@@ -199,9 +212,14 @@ impl Application {
     }
 }
 
-fn bind(address: &str) -> io::Result<std::net::TcpListener> {
-    std::net::TcpListener::bind(address)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
+/// Binds `address`; a failure (in use, not allowed) names the setting it came from.
+fn bind(setting: &str, address: &str) -> io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(address).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {address} ({setting}): {e}"),
+        )
+    })
 }
 
 /// A listener that serves only `/metrics` (METRICS_ADDR), so that it need not face the internet.

@@ -38,6 +38,8 @@ pub struct Presence {
 pub struct Answer {
     pub id: String,
     question: String,
+    /// The conversation whose turn this answer is.
+    conversation: String,
     pub log: Arc<Log>,
     cancel: CancellationToken,
     presence: watch::Sender<Presence>,
@@ -50,6 +52,10 @@ struct Settings {
     retention: Duration,
     grace: Duration,
     max_bytes: usize,
+    /// The most one answer's log may hold: a sixteenth of RESUME_MAX_BYTES (4 MiB by default). A
+    /// real answer is `LLM_MAX_TOKENS` tokens, kilobytes; this only stops an upstream that streams
+    /// without end (the log is kept for resuming, so it does not hold the upstream back by itself).
+    max_answer_bytes: usize,
     keepalive: Duration,
     budget: Duration,
 }
@@ -90,6 +96,8 @@ impl Answers {
                 retention: config.resume_retention(),
                 grace: config.resume_grace(),
                 max_bytes: usize::try_from(config.resume_max_bytes).unwrap_or(usize::MAX),
+                max_answer_bytes: usize::try_from(config.resume_max_bytes / 16)
+                    .unwrap_or(usize::MAX),
                 keepalive: config.keepalive(),
                 budget: config.stream_timeout(),
             },
@@ -98,10 +106,15 @@ impl Answers {
     }
 
     /// Starts producing an answer and returns its first reader, from the opening event on.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one part of what an answer owns"
+    )]
     pub fn start(
         &self,
         id: String,
         question: String,
+        (conversation, turn): (String, u32),
         client: ClientId,
         slot: Slot,
         events: EventStream,
@@ -115,14 +128,16 @@ impl Answers {
         let answer = Arc::new(Answer {
             id: id.clone(),
             question,
+            conversation,
             log: Arc::default(),
             cancel: CancellationToken::new(),
             presence,
             resumed: 0.into(),
         });
-        answer
-            .log
-            .append(Kind::Opening, crate::sse::opening(&id).into());
+        answer.log.append(
+            Kind::Opening,
+            crate::sse::opening(&id, &answer.conversation, turn).into(),
+        );
         self.lock().answers.insert(id, Arc::clone(&answer));
         self.store.mirror(
             &answer.id,

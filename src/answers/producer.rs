@@ -18,11 +18,6 @@ use crate::{
     telemetry::StreamReport,
 };
 
-/// The most an answer's log may hold. A real answer is `LLM_MAX_TOKENS` tokens, kilobytes; this only
-/// stops an upstream that streams without end to a client that reads nothing (the log is kept for
-/// resuming, so it does not hold the upstream back by itself).
-const MAX_ANSWER_BYTES: usize = 4 << 20;
-
 /// How an answer ended, besides its events.
 enum End {
     /// The last event was appended (a finish, or an upstream error).
@@ -40,10 +35,13 @@ pub(super) async fn produce(
     answers: Answers,
     mut report: StreamReport,
 ) {
-    let _slot = slot;
-    let deadline = Instant::now() + answers.settings.budget;
+    // One timer for the whole answer, not one per event.
+    let deadline = sleep_until(Instant::now() + answers.settings.budget);
+    let mut deadline = std::pin::pin!(deadline);
     let grace = answers.settings.grace;
     let mut presence = answer.presence.subscribe();
+    // What the person sees, kept as the conversation's turn however the answer ends.
+    let mut text = String::new();
     // The first reader attached before this task ran, and may already be gone.
     let mut left_at = (!presence.borrow_and_update().attached).then(Instant::now);
     let end = loop {
@@ -57,7 +55,7 @@ pub(super) async fn produce(
             biased;
             () = answer.cancel.cancelled() => break End::Error(StreamError::Cancelled),
             () = answers.shutdown.cancelled() => break End::Error(StreamError::ServerShutdown),
-            () = sleep_until(deadline) => break End::Error(StreamError::Timeout),
+            () = &mut deadline => break End::Error(StreamError::Timeout),
             () = gone => break End::Abandoned,
             changed = presence.changed() => {
                 if changed.is_err() {
@@ -71,10 +69,11 @@ pub(super) async fn produce(
                 };
             }
             event = events.next() => match event {
-                Some(Ok(LlmEvent::Token(text))) => {
+                Some(Ok(LlmEvent::Token(token))) => {
                     report.token();
-                    if answer.log.append(Kind::Message, sse::token_data(&text)) == 0
-                        || answer.log.bytes() >= MAX_ANSWER_BYTES
+                    text.push_str(&token);
+                    if answer.log.append(Kind::Message, sse::token_data(&token)) == 0
+                        || answer.log.bytes() >= answers.settings.max_answer_bytes
                     {
                         break End::Error(StreamError::TooLong);
                     }
@@ -94,7 +93,9 @@ pub(super) async fn produce(
             },
         }
     };
-    // The upstream call ends here, before anything else is done.
+    // The stream's place and the upstream call end here, before anything else is done: the slot
+    // first, so that whoever sees the upstream closed finds the slot free.
+    drop(slot);
     drop(events);
     match end {
         End::Complete => {}
@@ -109,5 +110,12 @@ pub(super) async fn produce(
         }
     }
     report.resumed(answer.resumed.load(std::sync::atomic::Ordering::Relaxed));
+    let turn = (!text.is_empty()).then(|| crate::llm::Turn {
+        question: answer.question.clone(),
+        answer: text,
+    });
+    answers
+        .store
+        .end_turn(&answer.conversation, &answer.id, turn);
     answers.finished(&answer);
 }

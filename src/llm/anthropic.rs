@@ -5,6 +5,7 @@ use reqwest::header::HeaderValue;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
+use super::Turn;
 use super::{
     EventStream, Finish, LlmEvent, Usage,
     upstream::{Decoder, Endpoint, Fault},
@@ -26,7 +27,7 @@ struct MessagesRequest<'a> {
     model: &'a str,
     max_tokens: u32,
     system: &'a str,
-    messages: [Message<'a>; 1],
+    messages: Vec<Message<'a>>,
     stream: bool,
     temperature: f32,
 }
@@ -204,7 +205,7 @@ impl Anthropic {
         &self.endpoint.model
     }
 
-    pub fn stream(&self, question: &str, request_id: &str) -> EventStream {
+    pub fn stream(&self, question: &str, history: &[Turn], request_id: &str) -> EventStream {
         // A key that is no header value is sent empty, so that Anthropic answers 401.
         let endpoint = &self.endpoint;
         let mut api_key = HeaderValue::from_str(endpoint.api_key.expose_secret())
@@ -218,10 +219,9 @@ impl Anthropic {
                 model: &endpoint.model,
                 max_tokens: endpoint.max_tokens,
                 system: &endpoint.system_prompt,
-                messages: [Message {
-                    role: "user",
-                    content: question,
-                }],
+                messages: super::chat(history, question)
+                    .map(|(role, content)| Message { role, content })
+                    .collect(),
                 stream: true,
                 temperature: endpoint.temperature,
             });

@@ -18,8 +18,19 @@ impl Demo {
         }
     }
 
-    pub fn stream(&self, question: &str) -> EventStream {
-        let answer = answer(question);
+    /// `earlier` turns of the conversation come before the question.
+    pub fn stream(&self, question: &str, earlier: usize) -> EventStream {
+        let answer = match earlier {
+            0 => answer(question),
+            1 => format!(
+                "I remember 1 earlier turn of this conversation. {}",
+                answer(question)
+            ),
+            n => format!(
+                "I remember {n} earlier turns of this conversation. {}",
+                answer(question)
+            ),
+        };
         let interval = self.token_interval;
         let prompt_tokens = question.split_whitespace().count() as u64;
         Box::pin(stream! {

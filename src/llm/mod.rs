@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod demo;
 pub mod openai;
 pub mod upstream;
+mod utf8_guard;
 
 use std::pin::Pin;
 
@@ -61,6 +62,23 @@ pub fn window<'a>(turns: &'a [Turn], question: &str, max_chars: usize) -> &'a [T
     &turns[start..]
 }
 
+/// The chat as the model reads it: each earlier turn as a user and an assistant message, then the
+/// question. Both HTTP providers send these in their own message shape.
+fn chat<'a>(
+    history: &'a [Turn],
+    question: &'a str,
+) -> impl Iterator<Item = (&'static str, &'a str)> {
+    history
+        .iter()
+        .flat_map(|turn| {
+            [
+                ("user", turn.question.as_str()),
+                ("assistant", turn.answer.as_str()),
+            ]
+        })
+        .chain(std::iter::once(("user", question)))
+}
+
 /// A provider's answer as it arrives. Dropping it cancels the upstream call.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<LlmEvent, StreamError>> + Send>>;
 
@@ -80,13 +98,13 @@ impl Provider {
         })
     }
 
-    /// Starts answering `question`; `request_id` goes upstream as `X-Request-Id`.
-    /// Nothing is sent upstream until the stream is first polled.
-    pub fn stream(&self, question: &str, request_id: &str) -> EventStream {
+    /// Starts answering `question` after the conversation's earlier turns; `request_id` goes
+    /// upstream as `X-Request-Id`. Nothing is sent upstream until the stream is first polled.
+    pub fn stream(&self, question: &str, history: &[Turn], request_id: &str) -> EventStream {
         match self {
-            Self::Demo(demo) => demo.stream(question),
-            Self::OpenAi(openai) => openai.stream(question, request_id),
-            Self::Anthropic(anthropic) => anthropic.stream(question, request_id),
+            Self::Demo(demo) => demo.stream(question, history.len()),
+            Self::OpenAi(openai) => openai.stream(question, history, request_id),
+            Self::Anthropic(anthropic) => anthropic.stream(question, history, request_id),
         }
     }
 

@@ -5,7 +5,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    EventStream, Finish, LlmEvent, Usage,
+    EventStream, Finish, LlmEvent, Turn, Usage,
     upstream::{Decoder, Endpoint, Fault},
 };
 use crate::{config::Config, error::StreamError};
@@ -17,7 +17,7 @@ pub struct OpenAi {
 #[derive(Serialize)]
 struct ChatRequest<'a> {
     model: &'a str,
-    messages: [Message<'a>; 2],
+    messages: Vec<Message<'a>>,
     max_tokens: u32,
     temperature: f32,
     stream: bool,
@@ -132,23 +132,17 @@ impl OpenAi {
         &self.endpoint.model
     }
 
-    pub fn stream(&self, question: &str, request_id: &str) -> EventStream {
+    pub fn stream(&self, question: &str, history: &[Turn], request_id: &str) -> EventStream {
         let endpoint = &self.endpoint;
         let request = endpoint
             .post(request_id)
             .bearer_auth(endpoint.api_key.expose_secret())
             .json(&ChatRequest {
                 model: &endpoint.model,
-                messages: [
-                    Message {
-                        role: "system",
-                        content: &endpoint.system_prompt,
-                    },
-                    Message {
-                        role: "user",
-                        content: question,
-                    },
-                ],
+                messages: std::iter::once(("system", endpoint.system_prompt.as_str()))
+                    .chain(super::chat(history, question))
+                    .map(|(role, content)| Message { role, content })
+                    .collect(),
                 max_tokens: endpoint.max_tokens,
                 temperature: endpoint.temperature,
                 stream: true,

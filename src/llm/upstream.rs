@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use sse_stream::SseByteStream;
 use tokio::time::Instant;
 
-use super::{EventStream, LlmEvent};
+use super::{EventStream, LlmEvent, utf8_guard};
 use crate::{config::Config, error::StreamError};
 
 /// The upstream HTTP client and the limits that bound each call.
@@ -75,18 +75,26 @@ pub trait Decoder: Send + 'static {
 }
 
 /// Why an upstream event gave no events.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Fault {
     /// Not the JSON we expect: skipped, counted and logged, never fatal.
-    Malformed(serde_json::Error),
+    #[error("not the JSON expected: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// Bytes that are not UTF-8 in its data, name or id: skipped, counted and logged like a
+    /// malformed event (found before any decoder sees it).
+    #[error("not valid UTF-8")]
+    NotUtf8,
     /// The upstream reported an error inside its stream: it ends the answer.
+    #[error("the upstream reported an error: {0}")]
     Upstream(StreamError),
 }
 
-impl From<serde_json::Error> for Fault {
-    fn from(error: serde_json::Error) -> Self {
-        Self::Malformed(error)
-    }
+/// One upstream event, as the decoding loop receives it.
+enum Received {
+    /// Its data, for the provider's decoder.
+    Data(String),
+    /// It held bytes that are not UTF-8.
+    NotUtf8,
 }
 
 /// The most of an error body kept for the log: enough to diagnose, never sent to the client.
@@ -147,22 +155,23 @@ impl Upstream {
             };
             let mut events = std::pin::pin!(upstream.events(response));
             let mut malformed = 0_u32;
-            while let Some(data) = events.next().await {
-                let data = match data {
-                    Ok(data) => data,
+            while let Some(received) = events.next().await {
+                let fed = match received {
+                    Ok(Received::Data(data)) => decoder.feed(&data),
+                    Ok(Received::NotUtf8) => Err(Fault::NotUtf8),
                     Err(error) => { yield Err(error); return; }
                 };
-                match decoder.feed(&data) {
+                match fed {
                     Ok(decoded) => for event in decoded {
                         let last = matches!(event, LlmEvent::Finish(_));
                         yield Ok(event);
                         if last { return; }
                     },
-                    Err(Fault::Malformed(error)) => {
-                        malformed += 1;
-                        tracing::debug!(%error, malformed, "skipped a malformed upstream event");
-                    }
                     Err(Fault::Upstream(error)) => { yield Err(error); return; }
+                    Err(fault) => {
+                        malformed += 1;
+                        tracing::debug!(error = %fault, malformed, "skipped a malformed upstream event");
+                    }
                 }
             }
             if let Some(event) = decoder.end() {
@@ -258,12 +267,13 @@ impl Upstream {
         (Instant::now() + wait < deadline).then_some(wait)
     }
 
-    /// The upstream's SSE events' data, in order; ends at the end of the body.
+    /// The upstream's SSE events' data, in order; ends at the end of the body. An event with bytes
+    /// that are not UTF-8 is only marked, so that it cannot end the stream.
     /// A read error ends it with `StreamInterrupted`, silence longer than the idle timeout with `Timeout`.
     fn events(
         &self,
         response: Response,
-    ) -> impl Stream<Item = Result<String, StreamError>> + Send + use<> {
+    ) -> impl Stream<Item = Result<Received, StreamError>> + Send + use<> {
         let idle = self.idle_timeout;
         let bytes =
             futures_util::stream::unfold(Some(response.bytes_stream()), move |body| async move {
@@ -275,13 +285,23 @@ impl Upstream {
                     Err(_) => Some((Err(ReadError::Idle), None)),
                 }
             });
-        SseByteStream::new(bytes)
+        SseByteStream::new(utf8_guard::guard(bytes))
             .map_err(|error| {
                 let idle = matches!(&error, sse_stream::Error::Body(inner) if matches!(inner.downcast_ref(), Some(ReadError::Idle)));
                 tracing::debug!(%error, "upstream stream ended early");
                 if idle { StreamError::Timeout } else { StreamError::StreamInterrupted }
             })
-            .try_filter_map(|event| async move { Ok(event.data) })
+            .try_filter_map(|event| async move {
+                let not_utf8 = [&event.data, &event.event, &event.id]
+                    .into_iter()
+                    .flatten()
+                    .any(|field| field.contains(utf8_guard::SUBSTITUTE));
+                Ok(if not_utf8 {
+                    Some(Received::NotUtf8)
+                } else {
+                    event.data.map(Received::Data)
+                })
+            })
     }
 }
 

@@ -1,6 +1,7 @@
 //! One file per endpoint.
 
 pub mod cancel;
+pub mod conversations;
 pub mod health;
 pub mod limits;
 pub mod metrics;

@@ -12,10 +12,10 @@ use crate::{
     config::Config,
     error::Refusal,
     limits::{ClientId, Decided},
-    llm::Provider,
+    llm::{Provider, window},
     request_id::RequestId,
     sse::parse_event_id,
-    store::Store,
+    store::{Conversation, Store},
     telemetry::StreamReport,
 };
 
@@ -24,6 +24,8 @@ pub struct StreamParams {
     q: Option<String>,
     /// For a client that cannot send `Last-Event-ID` (a reloaded page); the header wins.
     last_event_id: Option<String>,
+    /// The conversation this question follows up; a new one when absent, unknown or expired.
+    conversation: Option<String>,
 }
 
 pub async fn stream(
@@ -34,6 +36,7 @@ pub async fn stream(
     store: web::Data<Store>,
     answers: web::Data<Answers>,
 ) -> Result<HttpResponse, Refusal> {
+    crate::query::require_utf8(&request)?;
     let params = params.into_inner();
     let last_event_id = request
         .headers()
@@ -48,23 +51,43 @@ pub async fn stream(
     let question =
         validate(params.q, config.max_query_chars as usize).inspect_err(crate::metrics::refused)?;
     let client = ClientId::of(&request, &config);
+    let stream_id = new_stream_id();
+    // Before admission, so that a busy conversation spends no budget.
+    let (conversation, turn, history) = match store
+        .begin_turn(params.conversation.as_deref(), &stream_id)
+        .await
+    {
+        Conversation::Ready { id, turn, history } => (id, turn, history),
+        Conversation::Busy => {
+            return Err(Refusal::ConversationBusy).inspect_err(crate::metrics::refused);
+        }
+    };
     let admitted = match store.admit(client).await {
         Ok(admitted) => admitted,
         Err(refused) => {
+            store.end_turn(&conversation, &stream_id, None);
             request.extensions_mut().insert(Decided(refused.budget));
             return Err(refused.refusal);
         }
     };
     request.extensions_mut().insert(Decided(admitted.budget));
 
-    let stream_id = new_stream_id();
     let report = StreamReport::new(
         stream_id.clone(),
         client.to_string(),
         question.chars().count(),
     );
-    let events = provider.stream(&question, RequestId::of(&request).as_str());
-    let reader = answers.start(stream_id, question, client, admitted.slot, events, report);
+    let history = window(&history, &question, config.conversation_max_chars as usize);
+    let events = provider.stream(&question, history, RequestId::of(&request).as_str());
+    let reader = answers.start(
+        stream_id,
+        question,
+        (conversation, turn),
+        client,
+        admitted.slot,
+        events,
+        report,
+    );
     Ok(respond(&request, &config, reader))
 }
 

@@ -81,6 +81,10 @@ return #KEYS - 1
 /// only with `ok`.
 pub const CONVERSATION_BEGIN: &str = r"
 if ARGV[3] == '0' and redis.call('EXISTS', KEYS[1]) == 0 then
+  -- A new conversation has no turns until its first answer ends.
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    return {'busy'}
+  end
   return {'unknown'}
 end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then

@@ -29,8 +29,12 @@ fn a_bad_setting_stops_start_up_with_one_line_that_names_it() {
         (vec![("LLM_TEMPERATURE", "7")], "LLM_TEMPERATURE"),
         (vec![("MAX_STREAMS", "lots")], "MAX_STREAMS"),
         (vec![("TRUSTED_PROXIES", "10.0.0.0/99")], "TRUSTED_PROXIES"),
+        (vec![("LISTEN_ADDR", "not-an-address")], "LISTEN_ADDR"),
+        (vec![("LISTEN_ADDR", "127.0.0.1:99999")], "LISTEN_ADDR"),
+        (vec![("METRICS_ADDR", "not-an-address")], "METRICS_ADDR"),
+        (vec![("METRICS_ADDR", "127.0.0.1")], "METRICS_ADDR"),
     ] {
-        let output = llm_stream(&env).output().unwrap();
+        let output = exit_of(llm_stream(&env));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
@@ -38,6 +42,43 @@ fn a_bad_setting_stops_start_up_with_one_line_that_names_it() {
         assert!(
             !stderr.contains("panicked") && !stderr.contains("backtrace"),
             "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_listen_address_may_name_a_host_or_any_interface() {
+    for address in ["localhost:4001", "0.0.0.0:4001", "[::]:4001", "[::1]:0"] {
+        let parsed = llm_stream::config::Config::from_args([
+            "llm-stream",
+            "--llm-provider",
+            "demo",
+            "--listen-addr",
+            address,
+            "--metrics-addr",
+            address,
+        ]);
+        assert!(parsed.is_ok(), "{address}: {parsed:?}");
+    }
+}
+
+#[test]
+fn an_address_already_in_use_stops_start_up_naming_its_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    for (setting, env) in [
+        ("LISTEN_ADDR", vec![("LISTEN_ADDR", address.as_str())]),
+        (
+            "METRICS_ADDR",
+            vec![("LISTEN_ADDR", "127.0.0.1:0"), ("METRICS_ADDR", &address)],
+        ),
+    ] {
+        let output = exit_of(llm_stream(&env));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{setting}: {stderr}");
+        assert!(
+            stderr.contains(setting) && stderr.contains(&address),
+            "{setting} must be named: {stderr}"
         );
     }
 }
@@ -76,6 +117,32 @@ fn help_lists_every_setting_with_its_default() {
         );
     }
     assert!(help.contains("[default: 127.0.0.1:4001]"));
+}
+
+/// How the binary ended; a binary that keeps running past the deadline fails the test.
+fn exit_of(mut command: Command) -> std::process::Output {
+    let mut child = Running(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < until,
+            "the binary did not stop within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stderr = Vec::new();
+    std::io::Read::read_to_end(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::process::Output {
+        status: child.0.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr,
+    }
 }
 
 /// The running binary, killed when the test ends however it ends.

@@ -7,6 +7,8 @@
 
 mod browser;
 mod config;
+mod conversations;
+mod fetch_metadata;
 mod helpers;
 mod limits;
 mod metrics;
@@ -14,5 +16,6 @@ mod mock_upstream;
 mod nginx;
 mod page;
 mod providers;
+mod redis;
 mod resume;
 mod stream;

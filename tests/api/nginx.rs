@@ -3,7 +3,7 @@
 //! variant, the one directive it is about), and runs nginx in the foreground with a temporary
 //! prefix in front of the real application and the mock upstream.
 
-mod harness;
+pub mod harness;
 
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,7 @@
 //! the first token, and transcripts of the OpenAI-compatible servers people run.
 
 mod anthropic;
+mod junk_events;
 mod reasoning;
 mod retries;
 mod transcripts;

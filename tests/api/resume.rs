@@ -232,6 +232,8 @@ async fn a_cancel_from_a_foreign_page_is_refused() {
     let (app, _) = app_with_answer(400, 20 * MS, 60.0).await;
     let mut reader = app.open("hi").await;
     let id = reader.stream_id().await;
+    // The opening event comes before the upstream call: cancel once there is one to close.
+    app.mock.wait_for_requests(1, DEADLINE).await;
     let url = format!("{}/api/stream/{id}/cancel", app.address);
 
     let foreign = CLIENT

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::PoisonError, time::Duration};
 use ::redis::Script;
 use std::sync::LazyLock;
 
-use super::{REQUEST_LIMIT, Redis};
+use super::Redis;
 use crate::{
     config::Config,
     error::Refusal,
@@ -114,7 +114,7 @@ impl Redis {
             .arg(&id)
             .arg(LEASE.as_millis() as u64);
         let (outcome, wait_ms, remaining): (String, u64, u32) = self
-            .call(REQUEST_LIMIT, invocation.invoke_async(&mut manager))
+            .call(self.0.request_limit, invocation.invoke_async(&mut manager))
             .await?;
         let budget = settings.budget(remaining);
         let refusal = match outcome.as_str() {
@@ -158,7 +158,7 @@ impl Redis {
             .arg(settings.interval_ms)
             .arg(settings.burst);
         let (remaining, open): (u32, u32) = self
-            .call(REQUEST_LIMIT, invocation.invoke_async(&mut manager))
+            .call(self.0.request_limit, invocation.invoke_async(&mut manager))
             .await?;
         Some((settings.budget(remaining), open))
     }

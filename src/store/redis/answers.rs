@@ -16,7 +16,7 @@ use ::redis::{
     streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply},
 };
 
-use super::{BACKGROUND_LIMIT, REQUEST_LIMIT, Redis};
+use super::{BACKGROUND_LIMIT, Redis};
 use crate::{
     limits::ClientId,
     store::{
@@ -70,7 +70,9 @@ impl Redis {
             let lifetime = (redis.0.budget + redis.0.retention).as_millis() as u64;
             let mut manager = redis.manager();
             let mut pipe = ::redis::pipe();
-            pipe.hset_multiple(&meta, &[("q", question), ("client", client.to_string())])
+            // Atomic: a reader never finds the answer without its alive key.
+            pipe.atomic()
+                .hset_multiple(&meta, &[("q", question), ("client", client.to_string())])
                 .pexpire(&meta, lifetime as i64)
                 .set_options(
                     &alive,
@@ -123,6 +125,10 @@ impl Redis {
                 write.pexpire(&events, keep).ignore();
                 if end {
                     write.pexpire(&meta, keep).ignore().del(&alive).ignore();
+                } else {
+                    // Renewed with every batch too: while events keep coming, the loop may never
+                    // wait, and the renewal below would never run.
+                    write.pexpire(&alive, ALIVE.as_millis() as i64).ignore();
                 }
                 if redis
                     .call(BACKGROUND_LIMIT, write.query_async::<()>(&mut manager))
@@ -147,18 +153,18 @@ impl Redis {
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(1);
-        let lookup = pipe.query_async::<(Option<String>, StreamRangeReply)>(&mut manager);
-        let (asked, last) = self.call(REQUEST_LIMIT, lookup).await?;
+            .arg(1)
+            .exists(alive_key(id));
+        let lookup = pipe.query_async::<(Option<String>, StreamRangeReply, bool)>(&mut manager);
+        let (asked, last, alive) = self.call(self.0.request_limit, lookup).await?;
         if asked.as_deref() != Some(question) {
             return None;
         }
-        let over = last
-            .ids
-            .first()
-            .and_then(record)
-            .is_some_and(|last| last.kind == Kind::End && last.n <= after);
-        if over {
+        let last = last.ids.first().and_then(record);
+        let (last_n, ended) = last.map_or((0, false), |last| (last.n, last.kind == Kind::End));
+        // Over: the client saw the end, or the producer died and the client saw all it wrote (it
+        // was told `stream_interrupted`; a reconnect must not be told so again and again).
+        if (ended || !alive) && last_n <= after {
             return None;
         }
         let connection = self.dedicated().await?;
@@ -173,7 +179,10 @@ impl Redis {
     pub async fn cancel(&self, id: &str) -> bool {
         let mut manager = self.manager();
         let known = self
-            .call(REQUEST_LIMIT, manager.exists::<_, bool>(meta_key(id)))
+            .call(
+                self.0.request_limit,
+                manager.exists::<_, bool>(meta_key(id)),
+            )
             .await
             .unwrap_or(false);
         if known {

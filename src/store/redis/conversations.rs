@@ -9,7 +9,7 @@ use std::{sync::LazyLock, time::Duration};
 
 use ::redis::{AsyncCommands, Script};
 
-use super::{BACKGROUND_LIMIT, REQUEST_LIMIT, Redis};
+use super::{BACKGROUND_LIMIT, Redis};
 use crate::{
     llm::Turn,
     store::{conversations::Begun, scripts},
@@ -43,7 +43,7 @@ impl Redis {
             .arg(busy_for.as_millis() as u64)
             .arg(if new { "1" } else { "0" });
         let reply: Vec<String> = self
-            .call(REQUEST_LIMIT, invocation.invoke_async(&mut manager))
+            .call(self.0.request_limit, invocation.invoke_async(&mut manager))
             .await?;
         Some(match reply.first().map(String::as_str) {
             Some("ok") => Begun::Ready(
@@ -97,7 +97,7 @@ impl Redis {
             let busy: bool = manager.exists(busy_key(id)).await?;
             Ok((exists || busy, turns))
         };
-        let (known, turns) = self.call(REQUEST_LIMIT, read).await?;
+        let (known, turns) = self.call(self.0.request_limit, read).await?;
         Some(known.then(|| {
             turns
                 .iter()

@@ -1,7 +1,8 @@
 //! REDIS_URL: one connection manager per instance (admissions, answer logs, signals), health and
-//! fallback. No request waits on Redis more than [`REQUEST_LIMIT`]: a failed or slow call marks
-//! Redis down (logged once, `llm_stream_redis_up` 0) and the instance uses its own limits and logs
-//! until a probe finds Redis back, without a restart.
+//! fallback. No request waits on Redis more than REDIS_TIMEOUT_MS (100 ms): it goes on without it.
+//! A failed call, or [`SLOW_CALLS`] slow ones in a row, mark Redis down (logged once,
+//! `llm_stream_redis_up` 0), and the instance uses its own limits and logs until a probe finds
+//! Redis back, without a restart.
 
 mod admission;
 mod answers;
@@ -11,7 +12,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -29,8 +30,8 @@ pub use answers::Follow;
 use super::Signal;
 use crate::config::Config;
 
-/// The longest a request waits on Redis before it goes on without it.
-pub const REQUEST_LIMIT: Duration = Duration::from_millis(100);
+/// Slow calls in a row that make Redis count as down (a single slow one only falls back itself).
+const SLOW_CALLS: u32 = 3;
 /// The longest a background write (an answer's log) waits.
 const BACKGROUND_LIMIT: Duration = Duration::from_secs(1);
 /// How often a down Redis is probed.
@@ -45,6 +46,11 @@ struct Inner {
     client: Client,
     manager: ConnectionManager,
     up: AtomicBool,
+    /// Calls in a row that took longer than `request_limit`.
+    slow: AtomicU32,
+    request_limit: Duration,
+    /// This instance's name in its signals, so that it ignores its own.
+    instance: String,
     admission: admission::Settings,
     leases: Mutex<admission::Leases>,
     retention: Duration,
@@ -65,14 +71,17 @@ impl Redis {
                 return None;
             }
         };
+        let instance = crate::answers::new_stream_id();
+        let own = instance.clone();
+        let request_limit = Duration::from_millis(config.redis_timeout_ms);
         let push = move |info: PushInfo| {
-            if let Some(signal) = parse_signal(&info) {
+            if let Some(signal) = parse_signal(&info, &own) {
                 let _ = signals.send(signal);
             }
             Ok::<(), ::redis::aio::SendError>(())
         };
         let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REQUEST_LIMIT * 2))
+            .set_connection_timeout(Some(request_limit * 2))
             // Explicit: redis-rs's default would cut nothing we send, but say what we rely on.
             .set_response_timeout(Some(BACKGROUND_LIMIT))
             .set_number_of_retries(1)
@@ -90,6 +99,9 @@ impl Redis {
             client,
             manager,
             up: AtomicBool::new(false),
+            slow: AtomicU32::new(0),
+            request_limit,
+            instance,
             admission: admission::Settings::new(config),
             leases: Mutex::default(),
             retention: config.resume_retention(),
@@ -122,13 +134,18 @@ impl Redis {
         let result = tokio::time::timeout(limit, call).await;
         crate::metrics::redis_call(started.elapsed());
         match result {
-            Ok(Ok(value)) => Some(value),
+            Ok(Ok(value)) => {
+                self.0.slow.store(0, Ordering::Relaxed);
+                Some(value)
+            }
             Ok(Err(error)) => {
                 self.down(&error.to_string());
                 None
             }
             Err(_) => {
-                self.down("no answer in time");
+                if self.0.slow.fetch_add(1, Ordering::Relaxed) + 1 >= SLOW_CALLS {
+                    self.down("no answer in time, several times in a row");
+                }
                 None
             }
         }
@@ -160,7 +177,7 @@ impl Redis {
                         self.0.up.store(true, Ordering::Relaxed);
                         crate::metrics::redis_up(true);
                         tracing::info!("Redis is reachable: limits and answers are shared");
-                        // Leases taken while Redis was away are local slots; these are renewed now.
+                        // Leases from before an outage may be lost with it: put them back at once.
                         self.renew_now().await;
                     }
                     _ if first => tracing::warn!(
@@ -184,6 +201,7 @@ impl Redis {
             Signal::Reader { id, reader } => format!("reader {id} {reader}"),
             Signal::Left { id, reader } => format!("left {id} {reader}"),
         };
+        let message = format!("{} {message}", self.0.instance);
         let redis = self.clone();
         tokio::spawn(async move {
             let mut manager = redis.manager();
@@ -197,10 +215,10 @@ impl Redis {
     /// A connection of its own, for a blocking read that must not hold up the shared one.
     async fn dedicated(&self) -> Option<::redis::aio::MultiplexedConnection> {
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(REQUEST_LIMIT))
+            .set_connection_timeout(Some(self.0.request_limit))
             .set_response_timeout(Some(answers::BLOCK + BACKGROUND_LIMIT));
         self.call(
-            REQUEST_LIMIT * 2,
+            self.0.request_limit * 2,
             self.0
                 .client
                 .get_multiplexed_async_connection_with_config(&config),
@@ -220,7 +238,8 @@ fn connection_info(url: &str) -> RedisResult<::redis::ConnectionInfo> {
     Ok(info.set_redis_settings(settings))
 }
 
-fn parse_signal(info: &PushInfo) -> Option<Signal> {
+/// A signal from another instance: `<instance> <kind> <stream> [<reader>]`; its own are ignored.
+fn parse_signal(info: &PushInfo, own: &str) -> Option<Signal> {
     if info.kind != PushKind::Message {
         return None;
     }
@@ -229,6 +248,9 @@ fn parse_signal(info: &PushInfo) -> Option<Signal> {
         _ => return None,
     };
     let mut words = text.split(' ');
+    if words.next()? == own {
+        return None;
+    }
     let (kind, id) = (words.next()?, words.next()?.to_owned());
     let mut reader = || words.next().and_then(|r| r.parse().ok());
     match kind {

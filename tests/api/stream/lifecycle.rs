@@ -37,7 +37,12 @@ async fn a_client_that_disconnects_while_the_upstream_is_silent_cancels_it() {
 
 #[tokio::test]
 async fn an_upstream_that_streams_without_end_cannot_grow_an_answer_without_bound() {
-    let app = spawn_app_with(|c| c.stream_timeout_secs = 30.0).await;
+    let app = spawn_app_with(|c| {
+        c.stream_timeout_secs = 30.0;
+        // One answer may hold a sixteenth: 64 KiB.
+        c.resume_max_bytes = 1 << 20;
+    })
+    .await;
     app.mock.always(Reply::sse(vec![Step::Flood]));
 
     // Open the stream but never read the body: the answer is kept for resuming meanwhile.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::{
-    helpers::spawn_app,
+    helpers::{SseReader, spawn_app},
     mock_upstream::{Reply, openai},
 };
 
@@ -87,4 +87,48 @@ async fn healthz_answers_ok() {
     let app = spawn_app().await;
     let response = app.get("/healthz").await;
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_question_whose_percent_encoding_is_not_utf8_is_refused_not_changed() {
+    let app = spawn_app().await;
+    let base = format!("{}/api/stream", app.address);
+    for (query, named) in [
+        ("q=%FF%FE", "The question"),
+        ("q=caf%E9", "The question"),
+        // A character cut short, and one whose bytes are split by another parameter.
+        ("q=%E4%B8", "The question"),
+        ("q=%E4%B8&x=%AD", "The question"),
+        ("q=hello&last_event_id=%C3", "The last_event_id parameter"),
+        ("conversation=%80&q=hello", "The conversation parameter"),
+        ("%FF=1&q=hello", "A parameter"),
+    ] {
+        let (status, json) = refusal(&app, format!("{base}?{query}")).await;
+        assert_eq!(status, 400, "{query}");
+        assert_eq!(json["error"], "invalid_query", "{query}");
+        let message = json["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(named) && message.contains("not valid UTF-8"),
+            "{query}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn percent_encoded_utf8_and_plus_signs_still_reach_the_model_intact() {
+    let app = spawn_app().await;
+    app.mock
+        .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+
+    let url = format!(
+        "{}/api/stream?q=caf%C3%A9+%E4%B8%AD+%F0%9F%A6%80",
+        app.address
+    );
+    let answer = SseReader::get(url, &[]).await.read_to_end().await;
+
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        app.mock.requests()[0].json()["messages"][1]["content"],
+        "café 中 🦀"
+    );
 }
