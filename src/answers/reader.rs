@@ -45,22 +45,30 @@ impl Drop for Attached {
     }
 }
 
+/// A new reader of answer `id`, announced to the other instances, whose older readers then end.
+fn new_reader(answers: &Answers, id: &str) -> (u64, Presence) {
+    let reader = new_reader_id();
+    answers.store.announce(Signal::Reader {
+        id: id.to_owned(),
+        reader,
+    });
+    (
+        reader,
+        Presence {
+            reader,
+            attached: true,
+        },
+    )
+}
+
 /// Reads an answer produced here, after event `after` (from the opening event when `None`).
 pub(super) fn local(
     answer: Arc<Answer>,
     after: Option<u64>,
     answers: Answers,
 ) -> impl Stream<Item = sse::Event> + use<> {
-    let reader = new_reader_id();
-    let me = Presence {
-        reader,
-        attached: true,
-    };
+    let (reader, me) = new_reader(&answers, &answer.id);
     answer.presence.send_replace(me);
-    answers.store.announce(Signal::Reader {
-        id: answer.id.clone(),
-        reader,
-    });
     let keepalive = answers.settings.keepalive;
     let mut presence = answer.presence.subscribe();
     // Made before the body is first polled, so that a client gone at once still counts as gone.
@@ -113,16 +121,8 @@ pub(super) fn remote(
     mut follow: Follow,
     answers: Answers,
 ) -> impl Stream<Item = sse::Event> + use<> {
-    let reader = new_reader_id();
-    let me = Presence {
-        reader,
-        attached: true,
-    };
+    let (reader, me) = new_reader(&answers, &id);
     let mut presence = answers.follower(&id, me);
-    answers.store.announce(Signal::Reader {
-        id: id.clone(),
-        reader,
-    });
     let keepalive = answers.settings.keepalive;
     let followed = Followed {
         id: id.clone(),
