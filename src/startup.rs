@@ -143,6 +143,9 @@ impl Application {
         })
         // Notice a client that closed its side at once, not at the next failed write.
         .h1_allow_half_closed(false)
+        // Each event is a small write: without this, Nagle holds one back until the client ACKs
+        // the previous one (up to its delayed-ACK timer, 40 ms on Linux).
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout((grace + SHUTDOWN_FLUSH).as_secs().max(1))
         .listen(listener)?
