@@ -40,10 +40,16 @@ pub(super) async fn produce(
     let mut deadline = std::pin::pin!(deadline);
     let grace = answers.settings.grace;
     let mut presence = answer.presence.subscribe();
+    // Armed once, not per event: the cancel, the shutdown, and a change of reader.
+    let cancelled = answer.cancel.cancelled();
+    let mut cancelled = std::pin::pin!(cancelled);
+    let shutdown = answers.shutdown.cancelled();
+    let mut shutdown = std::pin::pin!(shutdown);
     // What the person sees, kept as the conversation's turn however the answer ends.
     let mut text = String::new();
     // The first reader attached before this task ran, and may already be gone.
     let mut left_at = (!presence.borrow_and_update().attached).then(Instant::now);
+    let mut reader_changed = Box::pin(super::reader::next_presence(presence));
     let end = loop {
         let gone = async {
             match left_at {
@@ -53,17 +59,20 @@ pub(super) async fn produce(
         };
         tokio::select! {
             biased;
-            () = answer.cancel.cancelled() => break End::Error(StreamError::Cancelled),
-            () = answers.shutdown.cancelled() => break End::Error(StreamError::ServerShutdown),
+            () = &mut cancelled => break End::Error(StreamError::Cancelled),
+            () = &mut shutdown => break End::Error(StreamError::ServerShutdown),
             () = &mut deadline => break End::Error(StreamError::Timeout),
             () = gone => break End::Abandoned,
-            changed = presence.changed() => {
-                if changed.is_err() {
+            (now, presence) = &mut reader_changed => {
+                let Some(now) = now else {
                     break End::Abandoned;
-                }
-                let attached = presence.borrow_and_update().attached;
+                };
+                reader_changed = Box::pin(super::reader::next_presence(presence));
+                let attached = now.attached;
                 left_at = match (attached, left_at) {
                     (true, _) => None,
+                    // No timer for no grace: a timer would wait for the clock's next tick.
+                    (false, _) if grace.is_zero() => break End::Abandoned,
                     (false, Some(at)) => Some(at),
                     (false, None) => Some(Instant::now()),
                 };
@@ -85,7 +94,6 @@ pub(super) async fn produce(
                 Some(Ok(LlmEvent::Finish(finish))) => {
                     report.finish("done");
                     answer.log.append(Kind::Message, sse::finish_data(&finish));
-                    answer.log.append(Kind::End, sse::DONE.into());
                     break End::Complete;
                 }
                 Some(Err(error)) => break End::Error(error),
@@ -97,25 +105,28 @@ pub(super) async fn produce(
     // first, so that whoever sees the upstream closed finds the slot free.
     drop(slot);
     drop(events);
-    match end {
-        End::Complete => {}
-        End::Error(error) => {
-            report.finish(error.code());
-            answer.log.append(Kind::End, sse::error_data(&error).into());
-        }
-        End::Abandoned => {
-            report.finish("client_gone");
-            let error = StreamError::Cancelled;
-            answer.log.append(Kind::End, sse::error_data(&error).into());
-        }
-    }
-    report.resumed(answer.resumed.load(std::sync::atomic::Ordering::Relaxed));
+    // The conversation's turn is filed before the last event goes out, so that a client that
+    // asks its follow-up the moment it sees the end never finds the conversation busy.
     let turn = (!text.is_empty()).then(|| crate::llm::Turn {
         question: answer.question.clone(),
         answer: text,
     });
     answers
         .store
-        .end_turn(&answer.conversation, &answer.id, turn);
+        .end_turn(&answer.conversation, &answer.id, turn)
+        .await;
+    let last = match end {
+        End::Complete => sse::DONE.into(),
+        End::Error(error) => {
+            report.finish(error.code());
+            sse::error_data(&error).into()
+        }
+        End::Abandoned => {
+            report.finish("client_gone");
+            sse::error_data(&StreamError::Cancelled).into()
+        }
+    };
+    answer.log.append(Kind::End, last);
+    report.resumed(answer.resumed.load(std::sync::atomic::Ordering::Relaxed));
     answers.finished(&answer);
 }

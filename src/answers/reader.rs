@@ -71,6 +71,7 @@ pub(super) fn local(
     answer.presence.send_replace(me);
     let keepalive = answers.settings.keepalive;
     let mut presence = answer.presence.subscribe();
+    presence.borrow_and_update();
     // Made before the body is first polled, so that a client gone at once still counts as gone.
     let attached = Attached {
         id: answer.id.clone(),
@@ -81,38 +82,59 @@ pub(super) fn local(
     stream! {
         let _attached = attached;
         let mut cursor = after;
+        let mut batch = Vec::new();
+        // Per event only the log's wake-up is armed; the keep-alive timer and the takeover watch
+        // are set up once and re-armed only when they fire.
+        let mut last_sent = Instant::now();
         let quiet = tokio::time::sleep(keepalive);
         let mut quiet = pin!(quiet);
+        let mut superseded = Box::pin(next_presence(presence));
         loop {
             let appended = answer.log.appended();
             let mut appended = pin!(appended);
             appended.as_mut().enable();
-            let batch = answer.log.after(cursor, BATCH);
+            answer.log.after(cursor, BATCH, &mut batch);
             if let Some(last) = batch.last() {
                 cursor = Some(last.n);
                 let end = last.kind == Kind::End;
-                for record in &batch {
-                    yield frame(&answer.id, record);
+                for record in batch.drain(..) {
+                    yield frame(&answer.id, &record);
                 }
                 if end {
                     return;
                 }
-                quiet.as_mut().reset(Instant::now() + keepalive);
+                last_sent = Instant::now();
                 continue;
-            }
-            if presence.borrow_and_update().reader != reader {
-                return;
             }
             tokio::select! {
                 () = &mut appended => {}
-                changed = presence.changed() => if changed.is_err() { return },
+                (now, presence) = &mut superseded => {
+                    if now.is_none_or(|now| now.reader != reader) {
+                        return;
+                    }
+                    superseded = Box::pin(next_presence(presence));
+                }
                 () = &mut quiet => {
-                    quiet.as_mut().reset(Instant::now() + keepalive);
-                    yield keep_alive();
+                    if last_sent + keepalive <= Instant::now() {
+                        yield keep_alive();
+                        last_sent = Instant::now();
+                    }
+                    quiet.as_mut().reset(last_sent + keepalive);
                 }
             }
         }
     }
+}
+
+/// The next change of who reads an answer (`None`: the answer is gone), and the watch to wait on again.
+pub(super) async fn next_presence(
+    mut presence: watch::Receiver<Presence>,
+) -> (Option<Presence>, watch::Receiver<Presence>) {
+    let now = match presence.changed().await {
+        Ok(()) => Some(*presence.borrow_and_update()),
+        Err(_) => None,
+    };
+    (now, presence)
 }
 
 /// Reads an answer produced by another instance, through the shared store.

@@ -65,7 +65,7 @@ pub async fn stream(
     let admitted = match store.admit(client).await {
         Ok(admitted) => admitted,
         Err(refused) => {
-            store.end_turn(&conversation, &stream_id, None);
+            store.end_turn(&conversation, &stream_id, None).await;
             request.extensions_mut().insert(Decided(refused.budget));
             return Err(refused.refusal);
         }

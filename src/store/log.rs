@@ -80,15 +80,14 @@ impl Log {
         bytes
     }
 
-    /// The records numbered above `after`, at most `limit` of them.
-    pub fn after(&self, after: Option<u64>, limit: usize) -> Vec<Record> {
+    /// Adds to `into` the records numbered above `after`, at most `limit` of them (a reader
+    /// reuses one buffer for all its reads).
+    pub fn after(&self, after: Option<u64>, limit: usize, into: &mut Vec<Record>) {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let start = after.map_or(0, |n| n as usize + 1);
-        state
-            .records
-            .get(start..)
-            .map(|rest| rest.iter().take(limit).cloned().collect())
-            .unwrap_or_default()
+        if let Some(rest) = state.records.get(start..) {
+            into.extend(rest.iter().take(limit).cloned());
+        }
     }
 
     /// The number of the last record, and whether it ends the answer.

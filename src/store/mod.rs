@@ -205,15 +205,17 @@ impl Store {
     }
 
     /// Ends `stream`'s turn in conversation `id`, keeping `turn` (none: the person saw nothing).
-    pub fn end_turn(&self, id: &str, stream: &str, turn: Option<Turn>) {
+    pub async fn end_turn(&self, id: &str, stream: &str, turn: Option<Turn>) {
         if let Some(redis) = &self.redis {
-            redis.end_turn(
-                id,
-                stream,
-                turn.as_ref(),
-                self.max_turns,
-                self.conversation_ttl,
-            );
+            redis
+                .end_turn(
+                    id,
+                    stream,
+                    turn.as_ref(),
+                    self.max_turns,
+                    self.conversation_ttl,
+                )
+                .await;
         }
         self.conversations.end(id, stream, turn);
     }

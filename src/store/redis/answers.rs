@@ -90,7 +90,8 @@ impl Redis {
                 let appended = log.appended();
                 let mut appended = std::pin::pin!(appended);
                 appended.as_mut().enable();
-                let batch = log.after(cursor, BATCH);
+                let mut batch = Vec::new();
+                log.after(cursor, BATCH, &mut batch);
                 let Some(last) = batch.last() else {
                     tokio::select! {
                         () = &mut appended => {}

@@ -57,8 +57,8 @@ impl Redis {
         })
     }
 
-    /// Ends `stream`'s turn, keeping `turn` when there is one; in the background.
-    pub fn end_turn(
+    /// Ends `stream`'s turn, keeping `turn` when there is one.
+    pub async fn end_turn(
         &self,
         id: &str,
         stream: &str,
@@ -69,20 +69,16 @@ impl Redis {
         let json = turn
             .and_then(|turn| serde_json::to_string(turn).ok())
             .unwrap_or_default();
-        let (redis, id, stream) = (self.clone(), id.to_owned(), stream.to_owned());
-        tokio::spawn(async move {
-            let mut manager = redis.manager();
-            let mut invocation = END.key(turns_key(&id));
-            invocation
-                .key(busy_key(&id))
-                .arg(&stream)
-                .arg(json)
-                .arg(max_turns)
-                .arg(ttl.as_millis() as u64);
-            redis
-                .call::<i64>(BACKGROUND_LIMIT, invocation.invoke_async(&mut manager))
-                .await;
-        });
+        let mut manager = self.manager();
+        let mut invocation = END.key(turns_key(id));
+        invocation
+            .key(busy_key(id))
+            .arg(stream)
+            .arg(json)
+            .arg(max_turns)
+            .arg(ttl.as_millis() as u64);
+        self.call::<i64>(BACKGROUND_LIMIT, invocation.invoke_async(&mut manager))
+            .await;
     }
 
     /// The turns of conversation `id`: `Some(None)` when Redis says it is unknown.
