@@ -16,9 +16,12 @@ use crate::mock::Script;
 /// Where a stream is read from.
 #[derive(Clone, Copy, Debug)]
 pub enum Target {
-    /// Through llm-stream: `GET /api/stream`, counting its token frames.
+    /// Through llm-stream: `GET /api/stream`, counting its token frames (`{"token":`): the
+    /// opening `retry:` and `event: stream` (`{"stream":…}`) are no token, so they never count
+    /// as the first one.
     Server(SocketAddr),
-    /// Straight from the mock, counting its chunks.
+    /// Straight from the mock, or through a proxy that passes its bytes (nginx, the relay),
+    /// counting its chunks.
     Mock(SocketAddr),
 }
 
