@@ -11,7 +11,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::mock::Script;
+use crate::{chunked::Body, mock::Script};
 
 /// Where a stream is read from.
 #[derive(Clone, Copy, Debug)]
@@ -142,6 +142,7 @@ async fn read_into(
             4096
         }
     ];
+    let mut body = Body::new();
     let mut count = 0_usize;
     loop {
         let n = socket.read(&mut buf).await?;
@@ -149,7 +150,8 @@ async fn read_into(
             return Ok(());
         }
         let now = Instant::now();
-        let found = counter.feed(&buf[..n]);
+        let mut found = 0;
+        body.feed(&buf[..n], &mut |data| found += counter.feed(data));
         if found == 0 {
             continue;
         }

@@ -18,6 +18,7 @@
     reason = "a benchmark fails loudly on anything unexpected"
 )]
 
+mod chunked;
 mod client;
 mod hold;
 mod mock;
