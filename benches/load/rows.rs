@@ -24,7 +24,7 @@ impl CpuUse {
     }
 }
 
-fn find<'a, T>(runs: &'a [(Col, T)], col: Col) -> Option<&'a T> {
+fn find<T>(runs: &[(Col, T)], col: Col) -> Option<&T> {
     runs.iter().find(|(c, _)| *c == col).map(|(_, t)| t)
 }
 
