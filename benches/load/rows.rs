@@ -156,7 +156,8 @@ impl Table {
         self.push(row);
     }
 
-    pub fn cancellation(&mut self, through: &Cancel, straight: &Cancel) {
+    /// Through llm-stream, through the binary before durable answers when given, and straight.
+    pub fn cancellation(&mut self, through: &Cancel, before: Option<&Cancel>, straight: &Cancel) {
         let pace = format!(
             "{CANCEL_STREAMS} clients, one question each per {} ms",
             CANCEL_PERIOD.as_millis()
@@ -170,6 +171,10 @@ impl Table {
                 "upstream closed after the client leaves, {name} ({pace})"
             ));
             row.set(Col::Today, format!("{} ({:+.3})", ms(t), diff_ms(t, s)));
+            if let Some(before) = before {
+                let b = percentile(&before.closed, q);
+                row.set(Col::Before, format!("{} ({:+.3})", ms(b), diff_ms(b, s)));
+            }
             row.set(Col::Mock, ms(s));
             if q > 0.5 {
                 row.target = verdict("≤ 2 ms", t <= Duration::from_millis(2));
@@ -185,6 +190,12 @@ impl Table {
             Col::Mock,
             format!("{} of {}", straight.still_open, straight.streams),
         );
+        if let Some(before) = before {
+            row.set(
+                Col::Before,
+                format!("{} of {}", before.still_open, before.streams),
+            );
+        }
         row.target = verdict("none", through.still_open == 0);
         self.push(row);
         for (path, run) in [("through llm-stream", through), ("straight", straight)] {

@@ -214,8 +214,13 @@ pub async fn run() {
     }
     if part("cancellation") {
         let through = hold::cancellation(&mock, subjects[0].target, 1_000_000).await;
+        let mut earlier = None;
+        if let Some(before) = &before {
+            let target = Target::Server(before.address);
+            earlier = Some(hold::cancellation(&mock, target, 3_000_000).await);
+        }
         let straight = hold::cancellation(&mock, Target::Mock(mock.address), 2_000_000).await;
-        table.cancellation(&through, &straight);
+        table.cancellation(&through, earlier.as_ref(), &straight);
     }
     for (name, s) in [("llm-stream", &server), ("with Redis", &with_redis)]
         .into_iter()
