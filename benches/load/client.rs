@@ -11,14 +11,17 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::mock::Script;
+use crate::{chunked::Body, mock::Script};
 
 /// Where a stream is read from.
 #[derive(Clone, Copy, Debug)]
 pub enum Target {
-    /// Through llm-stream: `GET /api/stream`, counting its token frames.
+    /// Through llm-stream: `GET /api/stream`, counting its token frames (`{"token":`): the
+    /// opening `retry:` and `event: stream` (`{"stream":…}`) are no token, so they never count
+    /// as the first one.
     Server(SocketAddr),
-    /// Straight from the mock, counting its chunks.
+    /// Straight from the mock, or through a proxy that passes its bytes (nginx, the relay),
+    /// counting its chunks.
     Mock(SocketAddr),
 }
 
@@ -139,6 +142,7 @@ async fn read_into(
             4096
         }
     ];
+    let mut body = Body::new();
     let mut count = 0_usize;
     loop {
         let n = socket.read(&mut buf).await?;
@@ -146,7 +150,8 @@ async fn read_into(
             return Ok(());
         }
         let now = Instant::now();
-        let found = counter.feed(&buf[..n]);
+        let mut found = 0;
+        body.feed(&buf[..n], &mut |data| found += counter.feed(data));
         if found == 0 {
             continue;
         }

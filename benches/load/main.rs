@@ -1,42 +1,43 @@
 //! The load benchmark: `cargo bench --bench load`.
 //!
-//! Starts the release server pinned to core 0 in front of a fast mock upstream, drives SSE clients
-//! from core 1 (mock and clients share it), and prints a markdown table. Every figure is measured
-//! side by side, in the same run, with the same read straight from the mock and through a plain
-//! byte relay on the server's core: these machines are shared and noisy, so the differences hold
-//! where absolute times do not.
+//! Starts the release server pinned to core 0 in front of a mock upstream that sends one token per
+//! write, drives SSE clients from core 1 (mock, clients and redis-server share it), and prints a
+//! markdown table. Every figure is measured side by side, in the same run: through llm-stream,
+//! through the binary before durable answers (LOAD_BASELINE_BIN), through llm-stream with
+//! REDIS_URL, through nginx and a plain byte relay (both on the server's core), and straight from
+//! the mock: these machines are shared and noisy, so the differences hold where absolute times do
+//! not.
 //!
-//! For profiling: LOAD_ONLY=memory,latency,cancellation,cpu runs some parts, LOAD_MAX_STREAMS caps
-//! the held streams, LOAD_SERVER_PREFIX runs the server under a tool that keeps it in its own
-//! process, e.g. "valgrind --tool=callgrind" (CPU and memory figures are then the tool's).
+//! For profiling: LOAD_ONLY=latency,paced,saturated,cancellation,memory,https runs some parts
+//! (`cpu` is paced and saturated), LOAD_MAX_STREAMS caps the held streams, LOAD_SERVER_PREFIX runs
+//! the server under a tool that keeps it in its own process, e.g. "valgrind --tool=callgrind"
+//! (CPU and memory figures are then the tool's).
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
     reason = "a benchmark fails loudly on anything unexpected"
 )]
 
+mod chunked;
 mod client;
+mod hold;
 mod mock;
+mod nginx;
 mod phases;
+mod redis;
 mod relay;
+mod rows;
+mod run;
 mod server;
 mod table;
+mod tls;
 
-use std::{
-    process::{Command, ExitCode},
-    time::Duration,
-};
-
-use client::Target;
-use mock::Mock;
-use relay::Relay;
-use server::Server;
-use table::Table;
+use std::process::{Command, ExitCode};
 
 /// Set in the relaunched, pinned process.
 const PINNED: &str = "LLM_STREAM_LOAD_BENCH_PINNED";
-const SERVER_CORE: usize = 0;
-const BENCH_CORE: usize = 1;
+pub const SERVER_CORE: usize = 0;
+pub const BENCH_CORE: usize = 1;
 
 fn main() -> ExitCode {
     if let Ok(upstream) = std::env::var(relay::UPSTREAM) {
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run());
+    runtime.block_on(run::run());
     ExitCode::SUCCESS
 }
 
@@ -87,79 +88,4 @@ fn relaunch_pinned() -> ExitCode {
         .status()
         .expect("relaunch the benchmark under taskset");
     ExitCode::from(status.code().unwrap_or(1) as u8)
-}
-
-/// CPU time (user, system) used between two readings.
-fn since(before: (Duration, Duration), after: (Duration, Duration)) -> (Duration, Duration) {
-    (
-        after.0.saturating_sub(before.0),
-        after.1.saturating_sub(before.1),
-    )
-}
-
-async fn run() {
-    let started = std::time::Instant::now();
-    let mock = Mock::start().await;
-    let mut server = Server::start(SERVER_CORE, mock.address);
-    let relay = Relay::start(SERVER_CORE, mock.address);
-    let via = Target::Server(server.address);
-    let relayed = Target::Mock(relay.address);
-    let direct = Target::Mock(mock.address);
-    eprintln!(
-        "load bench: server pid {} and relay pid {} on core {SERVER_CORE}, mock and clients on core {BENCH_CORE}",
-        server.pid(),
-        relay.pid()
-    );
-
-    // Warm up: connections, the allocator, lazy statics.
-    for target in [via, relayed, direct] {
-        phases::latency(target, 20, 1, 5).await;
-    }
-
-    let only = std::env::var("LOAD_ONLY").unwrap_or_default();
-    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
-    let mut table = Table::default();
-    if part("latency") {
-        for (streams, rounds) in [(20, 40), (100, 15)] {
-            let server_cpu = server.cpu_split();
-            let through = phases::latency(via, streams, rounds, 30).await;
-            let server_cpu = since(server_cpu, server.cpu_split());
-            let relay_cpu = server::cpu_of(relay.pid());
-            let relayed = phases::latency(relayed, streams, rounds, 30).await;
-            let relay_cpu = since(relay_cpu, server::cpu_of(relay.pid()));
-            let straight = phases::latency(direct, streams, rounds, 30).await;
-            table.latency(streams, &through, &relayed, &straight);
-            table.stream_cpu(streams, server_cpu, relay_cpu, through.streams);
-        }
-    }
-    if part("cancellation") {
-        let through = phases::cancellation(&mock, via, 1_000_000).await;
-        let straight = phases::cancellation(&mock, direct, 2_000_000).await;
-        table.cancellation(&through, &straight);
-    }
-    if part("cpu") {
-        let through = phases::cpu(via, || server.cpu()).await;
-        let relayed = phases::cpu(relayed, || {
-            let (user, system) = server::cpu_of(relay.pid());
-            user + system
-        })
-        .await;
-        table.cpu(&through, &relayed);
-    }
-
-    // Last: holding thousands of streams leaves the server's heap and the kernel's socket tables
-    // larger, which would disturb the timings above.
-    if part("memory") {
-        table.memory(phases::memory(&server, via).await);
-    }
-
-    if !server.is_running() {
-        eprintln!("the server stopped during the run; its last lines:");
-        server.log_tail().iter().for_each(|l| eprintln!("  {l}"));
-    }
-    eprintln!(
-        "load bench: done in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    table.print();
 }

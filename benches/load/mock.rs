@@ -1,7 +1,8 @@
-//! A lean mock of an OpenAI-compatible upstream. Each request names its own script in the
-//! question (`scn.<tokens>.<gap µs>.<id>`, found anywhere in the request), so the same mock
-//! answers llm-stream's POSTs and the bench's direct GETs alike. It records when each scripted
-//! connection was seen closed by its client.
+//! A lean mock of an OpenAI-compatible upstream, over plain TCP or TLS. Each request names its
+//! own script in the question (`scn.<tokens>.<gap µs>.<id>`, found anywhere in the request), so
+//! the same mock answers llm-stream's POSTs and the bench's direct GETs alike. Every token is one
+//! SSE event in one chunk in one write, paced or as fast as the reader takes them, as real APIs
+//! send them. It records when each scripted connection was seen closed by its client.
 
 use std::{
     collections::HashMap,
@@ -11,10 +12,11 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpListener,
     time::Instant as TokioInstant,
 };
+use tokio_rustls::TlsAcceptor;
 
 /// What one stream asks of the mock.
 #[derive(Clone, Copy, Debug)]
@@ -54,8 +56,6 @@ pub const TOKEN_CHUNK: &[u8] =
 const END: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
 const HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-/// Tokens per write when writing as fast as possible.
-const BATCH: usize = 256;
 
 #[derive(Default)]
 struct Seen {
@@ -71,7 +71,8 @@ pub struct Mock {
 }
 
 impl Mock {
-    pub async fn start() -> Self {
+    /// Listens on a free port; with `tls`, every connection is TLS first.
+    pub async fn start(tls: Option<TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpSocket::new_v4().unwrap();
         listener.set_reuseaddr(true).unwrap();
         listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -85,7 +86,21 @@ impl Mock {
             loop {
                 match listener.accept().await {
                     Ok((socket, _)) => {
-                        tokio::spawn(server.clone().serve(socket));
+                        socket.set_nodelay(true).ok();
+                        let server = server.clone();
+                        match &tls {
+                            None => {
+                                tokio::spawn(server.serve(socket));
+                            }
+                            Some(tls) => {
+                                let accept = tls.accept(socket);
+                                tokio::spawn(async move {
+                                    if let Ok(stream) = accept.await {
+                                        server.serve(stream).await;
+                                    }
+                                });
+                            }
+                        }
                     }
                     Err(error) => {
                         eprintln!("mock: accept failed: {error}");
@@ -111,8 +126,7 @@ impl Mock {
 
     /// Answers requests on one connection until the client closes it or asks for `close`
     /// (llm-stream keeps its upstream connections alive, as it would with a real API).
-    async fn serve(self, mut socket: TcpStream) {
-        socket.set_nodelay(true).ok();
+    async fn serve(self, mut socket: impl AsyncRead + AsyncWrite + Unpin) {
         let mut pending = Vec::new();
         loop {
             let Some((script, close)) = read_request(&mut socket, &mut pending).await else {
@@ -125,25 +139,37 @@ impl Mock {
                     .opened
                     .insert(script.id, Instant::now());
             }
-            let (mut reader, mut writer) = socket.split();
-            // The client sends nothing while it reads an answer: its side ending is a close.
-            let closed = async {
-                let mut buf = [0_u8; 1024];
-                loop {
-                    match reader.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+            // None: the client closed first; else whether the answer was written.
+            let written = {
+                let (mut reader, mut writer) = tokio::io::split(&mut socket);
+                // The client sends nothing while it reads an answer: its side ending is a close.
+                let closed = async {
+                    let mut buf = [0_u8; 1024];
+                    loop {
+                        match reader.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
                     }
+                };
+                tokio::select! {
+                    () = closed => None,
+                    written = write_script(&mut writer, script) => Some(written),
                 }
             };
-            tokio::select! {
-                () = closed => {
+            match written {
+                None => {
                     if script.id > 0 {
-                        self.seen.lock().unwrap().closed.insert(script.id, Instant::now());
+                        self.seen
+                            .lock()
+                            .unwrap()
+                            .closed
+                            .insert(script.id, Instant::now());
                     }
                     return;
                 }
-                written = write_script(&mut writer, script) => if !written { return },
+                Some(false) => return,
+                Some(true) => {}
             }
             if close {
                 let _ = socket.shutdown().await;
@@ -172,33 +198,17 @@ async fn write_script(writer: &mut (impl AsyncWriteExt + Unpin), script: Script)
     if writer.write_all(HEAD).await.is_err() {
         return false;
     }
-    if script.gap.is_zero() {
-        let mut batch = Vec::new();
-        chunk(&mut batch, &TOKEN_CHUNK.repeat(BATCH));
-        let mut left = script.tokens as usize;
-        while left >= BATCH {
-            if writer.write_all(&batch).await.is_err() {
-                return false;
-            }
-            left -= BATCH;
+    let mut token = Vec::new();
+    chunk(&mut token, TOKEN_CHUNK);
+    // The first token at once, then one every `gap` from the request (no drift), or as fast as
+    // the reader takes them; either way one token per write.
+    let start = TokioInstant::now();
+    for k in 0..script.tokens {
+        if k > 0 && !script.gap.is_zero() {
+            tokio::time::sleep_until(start + script.gap * k as u32).await;
         }
-        let mut rest = Vec::new();
-        chunk(&mut rest, &TOKEN_CHUNK.repeat(left));
-        if left > 0 && writer.write_all(&rest).await.is_err() {
+        if writer.write_all(&token).await.is_err() {
             return false;
-        }
-    } else {
-        let mut token = Vec::new();
-        chunk(&mut token, TOKEN_CHUNK);
-        // The first token at once, then one every `gap` from the request: no drift.
-        let start = TokioInstant::now();
-        for k in 0..script.tokens {
-            if k > 0 {
-                tokio::time::sleep_until(start + script.gap * k as u32).await;
-            }
-            if writer.write_all(&token).await.is_err() {
-                return false;
-            }
         }
     }
     let mut end = Vec::new();
@@ -209,7 +219,10 @@ async fn write_script(writer: &mut (impl AsyncWriteExt + Unpin), script: Script)
 
 /// Reads one request (head and body) and finds its script; also says whether the client asked
 /// to close after the answer.
-async fn read_request(socket: &mut TcpStream, pending: &mut Vec<u8>) -> Option<(Script, bool)> {
+async fn read_request(
+    socket: &mut (impl AsyncRead + Unpin),
+    pending: &mut Vec<u8>,
+) -> Option<(Script, bool)> {
     let mut data = std::mem::take(pending);
     let mut buf = [0_u8; 2048];
     let head_end = loop {

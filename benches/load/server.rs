@@ -1,4 +1,5 @@
-//! The server under test: the release binary, pinned to core 0, and what /proc says about it.
+//! The server under test: a llm-stream binary (this tree's release build, or the baseline's),
+//! pinned to core 0, and what /proc says about it and the other processes measured.
 
 use std::{
     io::{BufRead, BufReader},
@@ -29,21 +30,44 @@ fn clock_ticks() -> f64 {
     })
 }
 
+/// How to start one server.
+pub struct Launch<'a> {
+    /// The binary; this tree's release build when `None`.
+    pub binary: Option<&'a str>,
+    /// The upstream's base URL, e.g. `http://127.0.0.1:1234/v1`.
+    pub upstream: String,
+    /// More environment: `REDIS_URL`, `SSL_CERT_FILE`.
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Launch<'_> {
+    pub fn plain(upstream: SocketAddr) -> Self {
+        Self {
+            binary: None,
+            upstream: format!("http://{upstream}/v1"),
+            env: Vec::new(),
+        }
+    }
+}
+
 impl Server {
-    /// Starts the server on core `core` in front of the mock, with the limits out of the way.
-    pub fn start(core: usize, upstream: SocketAddr) -> Self {
+    /// Starts the server on core `core` in front of the mock, with the limits out of the way and
+    /// no grace after a client leaves (a leaving client's upstream closes at once, as before
+    /// durable answers, so that cancellation is measured and held streams wind down promptly).
+    pub fn start(core: usize, launch: Launch) -> Self {
         // LOAD_SERVER_PREFIX runs the server under a profiler, e.g. "valgrind --tool=callgrind".
         let prefix = std::env::var("LOAD_SERVER_PREFIX").unwrap_or_default();
         let mut child = Command::new("taskset")
             .args(["-c", &core.to_string()])
             .args(prefix.split_whitespace())
-            .arg(env!("CARGO_BIN_EXE_llm-stream"))
+            .arg(launch.binary.unwrap_or(env!("CARGO_BIN_EXE_llm-stream")))
             .env_clear()
+            .envs(launch.env)
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("LLM_PROVIDER", "openai")
-            .env("LLM_BASE_URL", format!("http://{upstream}/v1"))
+            .env("LLM_BASE_URL", launch.upstream)
             .env("LLM_API_KEY", "bench")
             .env("LLM_RETRIES", "0")
             .env("RATE_LIMIT_PER_MINUTE", "0")
@@ -52,6 +76,7 @@ impl Server {
             .env("STREAM_TIMEOUT_SECS", "600")
             .env("UPSTREAM_IDLE_TIMEOUT_SECS", "120")
             .env("SHUTDOWN_GRACE_SECS", "0")
+            .env("RESUME_GRACE_SECS", "0")
             .env("STATIC_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
             // Away from any .env file.
             .current_dir(std::env::temp_dir())
@@ -98,40 +123,32 @@ impl Server {
         self.child.id()
     }
 
-    /// CPU time used so far (user + system).
-    pub fn cpu(&self) -> Duration {
-        let (user, system) = cpu_of(self.pid());
-        user + system
-    }
-
-    /// CPU time used so far: user, system.
-    pub fn cpu_split(&self) -> (Duration, Duration) {
-        cpu_of(self.pid())
-    }
-
-    /// Resident memory now, in bytes.
-    pub fn rss(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    }
-
-    /// Open file descriptors now.
-    pub fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
-    }
-
     pub fn log_tail(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
 
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// Whether the process is still there (and not a zombie).
+    pub fn is_running(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+        })
     }
+}
+
+/// A process's resident memory now, in bytes.
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A process's open file descriptors now.
+pub fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
 /// A process's CPU time so far, from /proc: user, system.
