@@ -320,7 +320,11 @@ async fn an_expired_conversation_starts_afresh_and_the_page_says_so() {
     // Arrange: conversations forgotten half a second after their last turn.
     let app = spawn_app_with(|c| c.conversation_ttl_secs = 0.5).await;
     app.mock.then_reply(reply("First."));
-    app.mock.always(reply("Second, from scratch."));
+    // Slow enough for the start to be said before the end.
+    app.mock.always(Reply::sse(openai::answer(
+        &["Second,", " from", " scratch."],
+        Duration::from_millis(300),
+    )));
     let browser = open_page(&app).await;
     browser
         .js("window.__said = [];
@@ -339,6 +343,7 @@ async fn an_expired_conversation_starts_afresh_and_the_page_says_so() {
     }
 
     // Act
+    browser.js("window.__said = [];").await;
     ask(&browser, "Still there?").await;
     let done = wait_for_turns_done(&browser, 2).await;
 
