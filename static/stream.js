@@ -258,19 +258,8 @@ function finish(r) {
   }
   setState("done");
   setStatus(text);
-  showUsage(r.turn, r.usage);
+  r.turn.showUsage(r.usage);
   announce("Answer complete, " + answerWords(r));
-}
-
-function showUsage(turn, u) {
-  if (!u) return;
-  const p = num(u.prompt_tokens);
-  const c = num(u.completion_tokens);
-  const parts = [];
-  if (p !== null) parts.push("prompt " + plural(p, "token"));
-  if (c !== null) parts.push("completion " + plural(c, "token"));
-  if (!parts.length) return;
-  turn.showUsage("Usage: " + parts.join(" · "));
 }
 
 /** Stop and Escape: the model stops for real (the server would otherwise keep the answer going

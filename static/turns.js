@@ -6,6 +6,7 @@
 // streams.
 
 import { StreamingMarkdown } from "./markdown.js";
+import { num, plural } from "./view.js";
 
 const list = document.getElementById("turns");
 const empty = document.getElementById("conversation-empty");
@@ -85,7 +86,7 @@ export class Turn {
     this.thinkingSince = null;
     this.following = true;
     this.copy.disabled = true;
-    this.showUsage("");
+    this.showUsage(null);
   }
 
   /** The answer's Markdown source, exactly as it arrived (what its Copy copies). */
@@ -116,9 +117,15 @@ export class Turn {
     this.article.insertBefore(p, this.thinking);
   }
 
-  showUsage(text) {
-    this.usage.textContent = text;
-    this.usage.hidden = !text;
+  /** The answer's token usage as the server reported it (`null`: none). */
+  showUsage(u) {
+    const p = u ? num(u.prompt_tokens) : null;
+    const c = u ? num(u.completion_tokens) : null;
+    const parts = [];
+    if (p !== null) parts.push("prompt " + plural(p, "token"));
+    if (c !== null) parts.push("completion " + plural(c, "token"));
+    this.usage.textContent = parts.length ? "Usage: " + parts.join(" · ") : "";
+    this.usage.hidden = !parts.length;
   }
 
   /** Brings the turn's question to the top of the view (as far as the page can scroll). */

@@ -39,7 +39,6 @@ const VIEW: &str = "
         turns: document.querySelectorAll('#turns > .turn').length,
     };";
 
-
 #[derive(Debug, Deserialize)]
 struct View {
     state: String,

@@ -134,7 +134,7 @@ async fn a_markdown_answer_is_formatted_while_it_streams_and_whole_at_the_end() 
 }
 
 #[tokio::test]
-async fn each_code_blocks_copy_copies_its_code_and_the_pages_copy_copies_the_markdown() {
+async fn each_code_blocks_copy_copies_its_code_and_the_answers_copy_copies_the_markdown() {
     // Arrange: two code blocks, the second with tabs, trailing spaces and a blank line.
     let app = spawn_app().await;
     let second = "for f in *.txt; do\n\techo \"$f\"  \n\ndone";
@@ -150,7 +150,7 @@ async fn each_code_blocks_copy_copies_its_code_and_the_pages_copy_copies_the_mar
     ask(&browser, "Two code blocks").await;
     wait_for_state(&browser, "done").await;
 
-    // Act: the second block's Copy, then the page's.
+    // Act: the second block's Copy, then the answer's.
     browser.click(".code-block:nth-of-type(2) .code-copy").await;
     browser
         .wait_for(
