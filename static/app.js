@@ -1,18 +1,22 @@
 // llm-stream: the page's controls. The question box with its counter, Ask (Enter), Stop (Esc),
-// Copy and each code block's Copy, and on load the answer a previous page left in progress.
+// New conversation, each answer's Copy and each code block's Copy; and on load the conversation
+// and the answer a previous page left in progress.
 //
-// Plain ES modules, no build step: stream.js runs one question's stream, markdown.js renders,
-// view.js shows, announce.js speaks, refusals.js explains refusals, resume.js remembers the
-// answer in progress, clipboard.js copies.
+// Plain ES modules, no build step: stream.js runs one question's stream, conversation.js keeps
+// the conversation, turns.js shows its turns, markdown.js renders, view.js shows the rest,
+// announce.js speaks, refusals.js explains refusals, resume.js remembers the answer in progress,
+// clipboard.js copies.
 
 import { announce } from "./announce.js";
 import { copyText } from "./clipboard.js";
+import { conversationId, fetchTurns, forget } from "./conversation.js";
 import { onWaitChange, waiting } from "./refusals.js";
 import * as saved from "./resume.js";
+import { isStreaming, lastQuestion, onStreamChange, start, stop } from "./stream.js";
+import { clearTurns, hasTurns, lastTurn, showTurn, turnList, turnOf } from "./turns.js";
 import {
-  answerSource, isStreaming, lastQuestion, onStreamChange, start, stop,
-} from "./stream.js";
-import { countChars, el, plural, setState, setStatus, showError } from "./view.js";
+  clearError, countChars, el, plural, setState, setStatus, showError,
+} from "./view.js";
 
 const MAX_CHARS = (() => {
   const n = parseInt(el.body.getAttribute("data-max-query-chars") || "", 10);
@@ -20,14 +24,17 @@ const MAX_CHARS = (() => {
   return el.question.maxLength > 0 ? el.question.maxLength : 4000;
 })();
 
-let copyTimer = 0;
+/** While the earlier turns of a reloaded conversation are fetched: a question would come first. */
+let restoring = false;
 
 function updateButtons() {
   const streaming = isStreaming();
-  el.ask.disabled = streaming || waiting();
+  el.ask.disabled = streaming || waiting() || restoring;
   el.stop.disabled = !streaming;
-  el.copy.disabled = answerSource() === "";
+  el.newConversation.disabled = streaming || restoring ||
+    (!hasTurns() && conversationId() === null);
   if (el.askAgain) el.askAgain.disabled = el.ask.disabled;
+  el.question.placeholder = hasTurns() ? "Ask a follow-up…" : "Ask anything…";
 }
 onWaitChange(updateButtons);
 onStreamChange(updateButtons);
@@ -54,7 +61,7 @@ function reject(message, status) {
 }
 
 function submit() {
-  if (isStreaming() || waiting()) return;
+  if (isStreaming() || waiting() || restoring) return;
   const q = el.question.value;
   if (q.trim() === "") {
     reject("Type a question first.", "Not sent — the question is empty");
@@ -104,21 +111,41 @@ if (el.askAgain) {
   });
 }
 
+// ------------------------------------------------------------------ a new conversation
+
+el.newConversation.addEventListener("click", () => {
+  if (isStreaming() || restoring) return;
+  forget();
+  clearTurns();
+  if (!waiting()) {
+    clearError();
+    setState("idle");
+    setStatus("Ready — a new conversation");
+  }
+  announce("New conversation: the earlier questions are forgotten.");
+  updateButtons();
+  el.question.focus();
+});
+
 // ------------------------------------------------------------------ copy
 
-el.copy.addEventListener("click", () => {
-  const text = answerSource();
-  if (!text) return;
-  copyText(text).then((ok) => {
-    el.copy.textContent = ok ? "Copied" : "Copy failed";
-    window.clearTimeout(copyTimer);
-    copyTimer = window.setTimeout(() => { el.copy.textContent = "Copy"; }, 1600);
+const copyTimers = new WeakMap();
+
+// Each answer's Copy copies its Markdown source, exactly as it arrived.
+turnList.addEventListener("click", (ev) => {
+  const button = ev.target instanceof Element ? ev.target.closest(".answer-copy") : null;
+  const turn = button ? turnOf(button) : null;
+  if (!turn || !turn.source()) return;
+  copyText(turn.source()).then((ok) => {
+    button.textContent = ok ? "Copied" : "Copy failed";
+    window.clearTimeout(copyTimers.get(button));
+    copyTimers.set(button, window.setTimeout(() => { button.textContent = "Copy"; }, 1600));
     announce(ok ? "Answer copied to the clipboard." : "Could not copy the answer.");
   });
 });
 
 // Each code block's own Copy button copies exactly its code.
-el.answer.addEventListener("click", (ev) => {
+turnList.addEventListener("click", (ev) => {
   const button = ev.target instanceof Element ? ev.target.closest(".code-copy") : null;
   if (!button) return;
   const code = button.closest(".code-block")?.querySelector("pre code");
@@ -136,10 +163,26 @@ setState("idle");
 updateCounter();
 updateButtons();
 
-// A reload (or a tab duplicated from this one) during an answer: show the question, continue it.
-const pending = saved.load();
-if (pending) {
-  el.question.value = pending.q;
-  updateCounter();
-  start(pending.q, pending.stream);
+// A reload (or a tab duplicated from this one): the conversation's earlier turns come back from
+// the server, and an answer that was streaming continues as the last turn. That answer is not
+// stored until it ends, so only the turns before it are shown from the server's list.
+async function restore() {
+  const pending = saved.load();
+  if (conversationId() === null && !pending) return;
+  restoring = true;
+  updateButtons();
+  let turns = await fetchTurns();
+  if (pending && Number.isSafeInteger(pending.turn)) {
+    turns = turns.slice(0, Math.max(0, pending.turn - 1));
+  }
+  for (const t of turns) showTurn(t.question, t.answer);
+  restoring = false;
+  updateButtons();
+  if (pending) {
+    start(pending.q, { stream: pending.stream, turn: pending.turn });
+  } else if (turns.length) {
+    lastTurn().reveal();
+    setStatus("Ready — " + plural(turns.length, "earlier question") + " in this conversation");
+  }
 }
+restore();

@@ -78,8 +78,9 @@ function refuse(status, message) {
   changed();
 }
 
-/** Says why the question `q` was refused; `current()` tells whether it is still the page's. */
-export function explainRefusal(q, current) {
+/** Says why the question `q` was refused; `current()` tells whether it is still the page's;
+ * `followUp`: it was asked in a conversation (whose answer may still run, e.g. in another tab). */
+export function explainRefusal(q, current, followUp) {
   checking = true;
   changed();
   setStatus("Checking why the question was not accepted…");
@@ -119,9 +120,12 @@ export function explainRefusal(q, current) {
         maxChars + ". Please shorten it.");
       return;
     }
-    refuse("Refused — the server is busy",
-      "The server is busy or at capacity right now, or it did not accept this question. " +
-      "Please try again in a few seconds.");
+    refuse("Refused — the server is busy", followUp
+      ? "The server did not accept this question: it is busy or at capacity right now, or an " +
+        "answer in this conversation is still running (perhaps in another tab). Please try " +
+        "again in a few seconds."
+      : "The server is busy or at capacity right now, or it did not accept this question. " +
+        "Please try again in a few seconds.");
   }).catch(() => {
     if (!current()) return;
     checking = false;

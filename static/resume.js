@@ -1,6 +1,7 @@
 // The answer in progress, kept in sessionStorage so that a reload (or a tab duplicated from this
-// one) shows the question and continues the answer. What is kept: the question, the stream's id
-// and the last event id seen. The text shown before a reload goes with the page, so the new page
+// one) shows the question and continues the answer. What is kept: the question, the stream's id,
+// the last event id seen and the answer's turn in its conversation (the turns before it are
+// fetched back; this one is not stored until it ends). The text shown before a reload goes with the page, so the new page
 // resumes from the stream's first event (`<stream>:0`) and the server replays the answer exactly,
 // with the same ids; keeping the partial Markdown here instead would mean rewriting a growing
 // string on every event.
@@ -17,9 +18,9 @@ export function eventNumber(id, stream) {
   return Number.isSafeInteger(n) && n >= 0 ? n : null;
 }
 
-export function save(q, stream, lastId) {
+export function save(q, stream, lastId, turn) {
   try {
-    sessionStorage.setItem(KEY, JSON.stringify({ q, stream, lastId }));
+    sessionStorage.setItem(KEY, JSON.stringify({ q, stream, lastId, turn }));
   } catch {
     // Storage full or forbidden: a reload then simply shows an empty page.
   }

@@ -1,16 +1,18 @@
-// One question's stream: an EventSource on /api/stream, what it sends rendered as it arrives, and
-// one ending (done, stopped, failed, refused). A dropped connection reconnects by itself (the
-// EventSource sends Last-Event-ID; events already shown are ignored by their ids); a reload
-// continues the answer in progress (resume.js); Stop cancels the answer on the server.
+// One question's stream: an EventSource on /api/stream, in the conversation (conversation.js),
+// what it sends rendered as it arrives in the question's own turn (turns.js), and one ending
+// (done, stopped, failed, refused). A dropped connection reconnects by itself (the EventSource
+// sends Last-Event-ID; events already shown are ignored by their ids); a reload continues the
+// answer in progress (resume.js); Stop cancels the answer on the server.
 
 import { announce, announceError, announceProgress, announceStart, clearAnnouncements }
   from "./announce.js";
-import { StreamingMarkdown, countWords } from "./markdown.js";
+import { adopt, conversationId } from "./conversation.js";
+import { countWords } from "./markdown.js";
 import { explainRefusal, startCountdown, stopCountdown } from "./refusals.js";
 import * as saved from "./resume.js";
+import { Turn } from "./turns.js";
 import {
-  appendReasoning, clearError, el, endThinking, follow, getState, num, plural, rate,
-  resetFollowing, resetThinking, setBusy, setState, setStatus, showError,
+  clearError, el, getState, num, plural, rate, setState, setStatus, showError,
 } from "./view.js";
 
 const STREAM_URL = "/api/stream";
@@ -18,14 +20,13 @@ const STREAM_URL = "/api/stream";
 const RECONNECT_GIVE_UP_MS = 30000;
 const NORMAL_FINISH = ["stop", "end_turn", "stop_sequence", "eos", "done"];
 const LENGTH_FINISH = ["length", "max_tokens", "max_output_tokens"];
+const EXPIRED = "The earlier conversation expired; this question starts a new one.";
 
 let es = null;           // the open EventSource, or null
 let run = null;          // the current question's bookkeeping
 let leaving = null;      // { deferred } from beforeunload until the page is gone (or stays)
 let interrupted = null;  // the run whose stream pagehide closed (the page may come back)
 let changed = () => {};
-
-const markdown = new StreamingMarkdown(el.answer, follow);
 
 /** `callback()` runs whenever a stream opens or ends, or the answer gets its first text. */
 export function onStreamChange(callback) {
@@ -36,18 +37,13 @@ export function isStreaming() {
   return es !== null;
 }
 
-/** The answer's Markdown source, exactly as it arrived. */
-export function answerSource() {
-  return markdown.source();
-}
-
 /** The question last asked, or null. */
 export function lastQuestion() {
   return run ? run.q : null;
 }
 
-function answerWords() {
-  return plural(countWords(el.answer.innerText), "word");
+function answerWords(r) {
+  return plural(countWords(r.turn.answer.innerText), "word");
 }
 
 function closeStream() {
@@ -60,31 +56,42 @@ function closeStream() {
 
 /** Runs after every end of a stream (done, stopped, failed, refused). */
 function settle(r) {
-  const stopHadFocus = document.activeElement === el.stop;
+  // Focus goes back to the question box, for the follow-up, unless the reader is elsewhere.
+  const focus = document.activeElement;
+  const fromForm = focus === el.stop || focus === el.ask;
+  const fromNowhere = !focus || focus === document.body;
   window.clearTimeout(r.watchdog);
   closeStream();
-  markdown.finish();
-  endThinking();
-  setBusy(false);
+  r.turn.finish();
+  r.turn.endThinking();
+  r.turn.setBusy(false);
   changed();
-  if (stopHadFocus) (el.ask.disabled ? el.question : el.ask).focus();
+  if (fromForm || fromNowhere) el.question.focus({ preventScroll: fromNowhere });
 }
 
-/** Asks `q`; with `resumeStream`, continues that stream from its start instead. */
-export function start(q, resumeStream) {
+/**
+ * Asks `q` in the conversation, in a new turn at its end. With `resume` ({stream, turn}: its
+ * number in the conversation; view: a turn already on screen), continues that stream from its
+ * start instead.
+ */
+export function start(q, resume) {
   const askHadFocus = document.activeElement === el.ask;
+  const resumeStream = resume ? resume.stream : null;
   closeStream();
   stopCountdown();
   clearError();
   clearAnnouncements();
-  markdown.reset();
-  resetFollowing();
-  resetThinking();
-  el.usage.textContent = "";
-  el.usage.hidden = true;
+  let turn = resume && resume.view;
+  if (turn) turn.reset();
+  else turn = new Turn(q);
+  const asked = resumeStream ? null : conversationId();
 
   const r = {
     q,
+    turn,              // the turn on screen
+    number: resume && typeof resume.turn === "number" ? resume.turn : null,
+    asked,             // the conversation asked in, or null for a new one
+    notice: "",        // said with the start: the asked conversation had expired
     t0: performance.now(),
     tokens: 0,
     firstAt: null,     // ms after t0 of the first token
@@ -103,10 +110,12 @@ export function start(q, resumeStream) {
 
   let url = STREAM_URL + "?q=" + encodeURIComponent(q);
   if (resumeStream) url += "&last_event_id=" + encodeURIComponent(saved.resumeFrom(resumeStream));
+  else if (asked) url += "&conversation=" + encodeURIComponent(asked);
   let source;
   try {
     source = new EventSource(url);
   } catch {
+    turn.remove();
     setState("error");
     setStatus("Failed — the question could not be sent");
     showError("The browser could not open a connection to the server.", true);
@@ -114,11 +123,12 @@ export function start(q, resumeStream) {
     return;
   }
   es = source;
-  setBusy(true);
+  turn.setBusy(true);
   setState("connecting");
   setStatus(resumeStream ? "Continuing the answer…" : "Connecting…");
   changed();
-  if (askHadFocus) el.stop.focus();
+  turn.reveal();
+  if (askHadFocus) el.stop.focus({ preventScroll: true });
 
   source.onopen = () => {
     if (es === source) onOpen(r);
@@ -160,9 +170,19 @@ function onStreamOpened(r, ev) {
   }
   if (!msg || typeof msg.stream !== "string") return;
   r.stream = msg.stream;
+  if (Number.isSafeInteger(msg.turn)) r.number = msg.turn;
+  if (adopt(msg.conversation, r.asked)) {
+    r.notice = EXPIRED;
+    r.turn.note(EXPIRED);
+  }
+  // Asked: the question is on screen as the turn's heading; the box is for the follow-up.
+  if (el.question.value === r.q) {
+    el.question.value = "";
+    el.question.dispatchEvent(new Event("input"));
+  }
   const n = saved.eventNumber(ev.lastEventId, r.stream);
   if (n !== null && n > r.lastN) r.lastN = n;
-  saved.save(r.q, r.stream, ev.lastEventId);
+  saved.save(r.q, r.stream, ev.lastEventId, r.number);
 }
 
 function onMessage(r, ev) {
@@ -173,7 +193,7 @@ function onMessage(r, ev) {
   }
   if (r.stream && performance.now() - r.savedAt > 250) {
     r.savedAt = performance.now();
-    saved.save(r.q, r.stream, ev.lastEventId);
+    saved.save(r.q, r.stream, ev.lastEventId, r.number);
   }
   if (ev.data === "[DONE]") {
     finish(r);
@@ -191,7 +211,7 @@ function onMessage(r, ev) {
     return;
   }
   if (typeof msg.reasoning === "string" && msg.reasoning !== "") {
-    appendReasoning(msg.reasoning);
+    r.turn.appendReasoning(msg.reasoning);
     if (r.tokens === 0) {
       setState("generating");
       setStatus("Thinking…");
@@ -201,15 +221,15 @@ function onMessage(r, ev) {
     const now = performance.now() - r.t0;
     if (r.tokens === 0) {
       r.firstAt = now;
-      endThinking();
-      announceStart("Answer started");
+      r.turn.endThinking();
+      announceStart(r.notice ? "Answer started. " + r.notice : "Answer started");
       changed(); // there is something to copy
     }
     r.tokens += 1;
     r.lastAt = now;
-    markdown.append(msg.token);
+    r.turn.append(msg.token);
     showProgress(r);
-    announceProgress(() => plural(countWords(markdown.source()), "word") + " so far");
+    announceProgress(() => plural(countWords(r.turn.source()), "word") + " so far");
   }
   if (msg.finish_reason !== undefined && msg.finish_reason !== null) {
     r.finish = String(msg.finish_reason);
@@ -238,20 +258,8 @@ function finish(r) {
   }
   setState("done");
   setStatus(text);
-  showUsage(r.usage);
-  announce("Answer complete, " + answerWords());
-}
-
-function showUsage(u) {
-  if (!u) return;
-  const p = num(u.prompt_tokens);
-  const c = num(u.completion_tokens);
-  const parts = [];
-  if (p !== null) parts.push("prompt " + plural(p, "token"));
-  if (c !== null) parts.push("completion " + plural(c, "token"));
-  if (!parts.length) return;
-  el.usage.textContent = "Usage: " + parts.join(" · ");
-  el.usage.hidden = false;
+  r.turn.showUsage(r.usage);
+  announce("Answer complete, " + answerWords(r));
 }
 
 /** Stop and Escape: the model stops for real (the server would otherwise keep the answer going
@@ -270,7 +278,7 @@ export function stop() {
   saved.clear();
   setState("stopped");
   setStatus("Stopped — " + plural(r.tokens, "token"));
-  announce("Answer stopped, " + answerWords());
+  announce("Answer stopped, " + answerWords(r));
 }
 
 /** The server's in-band error: {"error": code, "message": text, "retry_after"?: N}. */
@@ -321,6 +329,12 @@ function onStreamError(r, source) {
     return;
   }
   settle(r);
+  // Nothing was shown and nothing was kept: the question goes back to its box, not in a turn.
+  r.turn.remove();
+  if (el.question.value === "") {
+    el.question.value = r.q;
+    el.question.dispatchEvent(new Event("input"));
+  }
   if (r.resumed) {
     saved.clear();
     setState("idle");
@@ -330,7 +344,7 @@ function onStreamError(r, source) {
     return;
   }
   // Refused before streaming (HTTP 400/429/503): ask the server why.
-  explainRefusal(r.q, () => run === r);
+  explainRefusal(r.q, () => run === r, r.asked !== null);
 }
 
 /** The connection dropped mid-answer: the EventSource reconnects by itself (Last-Event-ID). */
@@ -390,7 +404,7 @@ window.addEventListener("pageshow", (ev) => {
   interrupted = null;
   if (!ev.persisted || !r || run !== r || es) return;
   if (r.stream) {
-    start(r.q, r.stream);
+    start(r.q, { stream: r.stream, turn: r.number, view: r.turn });
   } else {
     settle(r);
     setState("stopped");

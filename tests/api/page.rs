@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 mod access;
 mod answers;
+mod conversation;
 mod hostile;
 mod long;
 mod looks;
@@ -22,16 +23,20 @@ use crate::{
 };
 
 /// What the page shows, read in one script.
+/// The answer and usage are the last turn's: the question asked last.
 const VIEW: &str = "
     const $ = (id) => document.getElementById(id);
+    const turn = document.querySelector('#turns > .turn:last-child');
+    const usage = turn ? turn.querySelector('.usage') : null;
     const view = {
         state: document.body.dataset.state,
         status: $('status').textContent,
-        answer: $('answer').innerText,
+        answer: turn ? turn.querySelector('.answer').innerText : '',
         error: $('error').hidden ? '' : $('error').textContent,
-        usage: $('usage').hidden ? '' : $('usage').textContent,
+        usage: usage && !usage.hidden ? usage.textContent : '',
         ask_disabled: $('ask').disabled,
         stop_disabled: $('stop').disabled,
+        turns: document.querySelectorAll('#turns > .turn').length,
     };";
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +49,8 @@ struct View {
     usage: String,
     ask_disabled: bool,
     stop_disabled: bool,
+    /// How many turns the conversation on screen has.
+    turns: usize,
 }
 
 /// An answer with CJK, emoji, accents, a line break and runs of spaces, one token per event.

@@ -44,7 +44,7 @@ async fn this_sites_own_page_still_streams_an_answer_in_chromium() {
         .wait_for(
             "the answer on the page",
             "return document.body.dataset.state === 'done'
-                 ? document.getElementById('answer').innerText : null;",
+                 ? document.querySelector('#turns > .turn:last-child .answer').innerText : null;",
             "return document.body.dataset.state + ': '
                  + document.getElementById('status').textContent;",
         )

@@ -19,7 +19,7 @@ const RECORD_REGIONS: &str = "
 
 /// The ARIA of the answer and of every live region on the page.
 const ARIA: &str = "
-    const a = document.getElementById('answer');
+    const a = document.querySelector('#turns > .turn:last-child .answer');
     const aria = {
         busy: a.getAttribute('aria-busy'),
         answer_live: a.getAttribute('aria-live'),
@@ -53,7 +53,7 @@ async fn while_an_answer_streams_it_is_busy_not_live_and_one_status_region_says_
         .wait_for(
             "the answer started, the status region told",
             &format!(
-                "{ARIA} return document.getElementById('answer').innerText === 'One two'
+                "{ARIA} return document.querySelector('#turns > .turn:last-child .answer').innerText === 'One two'
                      && aria.said.status.length > 0 ? aria : null;"
             ),
             &format!("{ARIA} return aria;"),

@@ -25,7 +25,7 @@ async fn the_answer_streams_onto_the_page_token_by_token_and_ends_with_the_exact
              const record = () => window.__history.push({
                  state: document.body.dataset.state,
                  status: document.getElementById('status').textContent,
-                 answer: document.getElementById('answer').innerText,
+                 answer: document.querySelector('#turns > .turn:last-child .answer')?.innerText ?? '',
                  at: performance.now(),
              });
              new MutationObserver(record).observe(document.body, {
@@ -250,7 +250,7 @@ async fn the_answer_follows_new_text_until_the_reader_scrolls_up() {
         Duration::from_millis(40),
     )));
     let browser = open_page(&app).await;
-    const FOLLOWING: &str = "const a = document.getElementById('answer');
+    const FOLLOWING: &str = "const a = document.querySelector('#turns > .turn:last-child .answer');
         return a.scrollHeight > a.clientHeight + 200
             && a.scrollHeight - a.scrollTop - a.clientHeight <= 32 ? a.textContent.length : null;";
     ask(&browser, "A long one, please").await;
@@ -265,7 +265,9 @@ async fn the_answer_follows_new_text_until_the_reader_scrolls_up() {
     // Act: the reader turns the mouse wheel up over the answer.
     let answer = browser
         .client
-        .find(fantoccini::Locator::Css("#answer"))
+        .find(fantoccini::Locator::Css(
+            "#turns > .turn:last-child .answer",
+        ))
         .await
         .expect("the answer");
     let (x, y, width, height) = answer.rectangle().await.expect("its box");
@@ -285,7 +287,7 @@ async fn the_answer_follows_new_text_until_the_reader_scrolls_up() {
     let scrolled = browser
         .wait_for(
             "the reader's scroll to settle above the bottom",
-            "const a = document.getElementById('answer');
+            "const a = document.querySelector('#turns > .turn:last-child .answer');
              return a.scrollHeight - a.scrollTop - a.clientHeight > 100
                  ? { top: a.scrollTop, state: document.body.dataset.state, text: a.textContent }
                  : null;",
@@ -301,7 +303,7 @@ async fn the_answer_follows_new_text_until_the_reader_scrolls_up() {
     assert_eq!(done.answer, tokens.concat().trim_end());
     assert_eq!(
         browser
-            .js("return document.getElementById('answer').scrollTop;")
+            .js("return document.querySelector('#turns > .turn:last-child .answer').scrollTop;")
             .await,
         scrolled["top"],
         "the view moved while the reader was reading"
@@ -320,12 +322,14 @@ async fn copy_puts_the_whole_answer_on_the_clipboard() {
     wait_for_state(&browser, "done").await;
 
     // Act
-    browser.click("#copy").await;
+    browser
+        .click("#turns > .turn:last-child .answer-copy")
+        .await;
     browser
         .wait_for(
             "the Copy button to say Copied",
-            "return document.getElementById('copy').textContent === 'Copied';",
-            "return document.getElementById('copy').textContent;",
+            "return document.querySelector('#turns > .turn:last-child .answer-copy').textContent === 'Copied';",
+            "return document.querySelector('#turns > .turn:last-child .answer-copy').textContent;",
         )
         .await;
     let copied = clipboard(&browser).await;

@@ -112,7 +112,7 @@ async fn a_hostile_answer_runs_nothing_loads_nothing_and_shows_raw_html_as_text(
         .await
         .expect("the barrier");
     let checks = browser
-        .js("const a = document.getElementById('answer');
+        .js("const a = document.querySelector('#turns > .turn:last-child .answer');
              const all = Array.from(a.querySelectorAll('*'));
              return {
                  xss: typeof window.__xss,

@@ -168,16 +168,18 @@ const INSTRUMENT: &str = "
         if (window.__done === null) raf(frame);
     };
     raf(frame);
-    const answer = document.getElementById('answer');
+    // The answer's turn does not exist yet: watch the conversation for it.
+    const turns = document.getElementById('turns');
     let shown = -1;
     new MutationObserver(() => {
-        const last = answer.lastElementChild;
+        const answer = turns.querySelector('.turn:last-child .answer');
+        const last = answer ? answer.lastElementChild : null;
         const all = last ? last.textContent.match(/w\\d+/g) : null;
         const top = all ? Number(all[all.length - 1].slice(1)) : -1;
         const now = performance.now();
         for (let i = shown + 1; i <= top; i += 1) window.__shown[i] = now;
         shown = Math.max(shown, top);
-    }).observe(answer, { childList: true, subtree: true, characterData: true });
+    }).observe(turns, { childList: true, subtree: true, characterData: true });
     const announcer = document.getElementById('announcer');
     new MutationObserver(() => {
         if (announcer.textContent) window.__notes.push([performance.now(), announcer.textContent]);

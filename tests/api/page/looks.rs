@@ -35,11 +35,16 @@ async fn a_markdown_answer_with_code_is_screenshotted_light_and_dark_at_360_px_a
                     json!({ "features": [{ "name": "prefers-color-scheme", "value": scheme }] }),
                 )
                 .await;
+            // Each look starts its own conversation (the tab's sessionStorage would keep it).
+            browser
+                .js("try { sessionStorage.clear(); } catch { /* not on a page of ours yet */ }")
+                .await;
             browser.goto(&format!("{}/", app.address)).await;
             ask(&browser, "How do I print in Rust? Show a table too.").await;
             wait_for_state(&browser, "done").await;
             let layout = browser
-                .js("document.getElementById('answer').scrollTop = 0;
+                .js(
+                    "document.querySelector('#turns > .turn:last-child .answer').scrollTop = 0;
                      document.querySelector('.code-block').scrollIntoView({ block: 'nearest' });
                      document.activeElement.blur();
                      const code = document.querySelector('pre code');
@@ -47,7 +52,8 @@ async fn a_markdown_answer_with_code_is_screenshotted_light_and_dark_at_360_px_a
                          page_width: document.documentElement.scrollWidth,
                          code_colour: getComputedStyle(code.querySelector('span')).color,
                          code_background: getComputedStyle(code).backgroundColor,
-                     };")
+                     };",
+                )
                 .await;
             let path = browser
                 .screenshot(&format!("markdown-{device}-{scheme}.png"))

@@ -53,7 +53,7 @@ pub(super) fn markdown_reply(pause: Duration) -> (Vec<String>, Reply) {
 
 /// What the answer's DOM holds, read in one script.
 const ELEMENTS: &str = "
-    const a = document.getElementById('answer');
+    const a = document.querySelector('#turns > .turn:last-child .answer');
     const code = a.querySelector('pre code');
     const elements = {
         state: document.body.dataset.state,
@@ -134,7 +134,7 @@ async fn a_markdown_answer_is_formatted_while_it_streams_and_whole_at_the_end() 
 }
 
 #[tokio::test]
-async fn each_code_blocks_copy_copies_its_code_and_the_pages_copy_copies_the_markdown() {
+async fn each_code_blocks_copy_copies_its_code_and_the_answers_copy_copies_the_markdown() {
     // Arrange: two code blocks, the second with tabs, trailing spaces and a blank line.
     let app = spawn_app().await;
     let second = "for f in *.txt; do\n\techo \"$f\"  \n\ndone";
@@ -150,22 +150,24 @@ async fn each_code_blocks_copy_copies_its_code_and_the_pages_copy_copies_the_mar
     ask(&browser, "Two code blocks").await;
     wait_for_state(&browser, "done").await;
 
-    // Act: the second block's Copy, then the page's.
+    // Act: the second block's Copy, then the answer's.
     browser.click(".code-block:nth-of-type(2) .code-copy").await;
     browser
         .wait_for(
             "the block's Copy to say Copied",
             "return document.querySelectorAll('.code-copy[data-copied=yes]').length === 1;",
-            "return document.getElementById('answer').innerHTML;",
+            "return document.querySelector('#turns > .turn:last-child .answer').innerHTML;",
         )
         .await;
     let block = clipboard(&browser).await;
-    browser.click("#copy").await;
+    browser
+        .click("#turns > .turn:last-child .answer-copy")
+        .await;
     browser
         .wait_for(
             "the Copy button to say Copied",
-            "return document.getElementById('copy').textContent === 'Copied';",
-            "return document.getElementById('copy').textContent;",
+            "return document.querySelector('#turns > .turn:last-child .answer-copy').textContent === 'Copied';",
+            "return document.querySelector('#turns > .turn:last-child .answer-copy').textContent;",
         )
         .await;
     let page = clipboard(&browser).await;
@@ -199,11 +201,11 @@ async fn the_reasoning_stays_plain_text_and_folds_into_thought_for_n_seconds_whe
     steps.extend(openai::answer(&["The **answer**."], Duration::ZERO));
     app.mock.always(Reply::sse(steps));
     let browser = open_page(&app).await;
-    const THINKING: &str = "const t = document.getElementById('thinking');
+    const THINKING: &str = "const t = document.querySelector('#turns > .turn:last-child .thinking');
         const thinking = { hidden: t.hidden, open: t.open,
             summary: t.querySelector('summary').textContent,
-            text: document.getElementById('reasoning').textContent,
-            elements: document.getElementById('reasoning').children.length };";
+            text: document.querySelector('#turns > .turn:last-child .reasoning').textContent,
+            elements: document.querySelector('#turns > .turn:last-child .reasoning').children.length };";
 
     // Act
     ask(&browser, "Think first").await;

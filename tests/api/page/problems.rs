@@ -69,11 +69,19 @@ async fn a_rate_limited_ask_shows_the_wait_counting_down_and_disables_ask() {
     wait_for_state(&browser, "done").await;
 
     // Act
-    browser.click("#ask").await;
+    ask(&browser, "Second question").await;
     let refused = wait_for_state(&browser, "refused").await;
 
-    // Assert: the reason and the wait, Ask disabled, and the wait counts down.
+    // Assert: the reason and the wait, Ask disabled, and the wait counts down; the refused
+    // question stays in its box, not in the conversation.
     assert_eq!(refused.status, "Refused — rate limit reached");
+    assert_eq!(refused.turns, 1, "{refused:?}");
+    assert_eq!(
+        browser
+            .js("return document.getElementById('question').value;")
+            .await,
+        "Second question"
+    );
     let secs = seconds_to_wait(&refused.error);
     assert!((1..=60).contains(&secs), "{refused:?}");
     assert!(refused.ask_disabled, "Ask must be disabled while waiting");

@@ -86,7 +86,7 @@ async fn wait_for_words(browser: &Browser, words: usize) {
         .wait_for(
             &format!("{words} words of the answer"),
             &format!(
-                "return document.getElementById('answer').innerText.split(/\\s+/).length >= {words};"
+                "return (document.querySelector('#turns > .turn:last-child .answer')?.innerText ?? '').split(/\\s+/).length >= {words};"
             ),
             &describe(),
         )
@@ -210,13 +210,18 @@ async fn a_reload_mid_answer_shows_the_question_and_continues_the_answer_without
     browser.client.refresh().await.expect("reload");
     let done = wait_for_state(&browser, "done").await;
 
-    // Assert: the question shown again, the whole answer, one upstream request, no cancel.
+    // Assert: the question shown again (as its turn's heading, once), the whole answer, one
+    // upstream request, no cancel.
     assert_eq!(
         browser
-            .js("return document.getElementById('question').value;")
+            .js(
+                "return Array.from(document.querySelectorAll('#turns .turn-question'),
+                     (h) => h.textContent);"
+            )
             .await,
-        "Count to sixty"
+        serde_json::json!(["Count to sixty"])
     );
+    assert_eq!(done.turns, 1);
     assert_eq!(done.answer, tokens.concat().trim_end());
     assert_eq!(app.mock.request_count(), 1);
     // No cancel: the upstream connection stayed open until the mock had written it all.
@@ -276,7 +281,7 @@ async fn stop_and_escape_cancel_the_upstream_within_a_second_despite_a_long_grac
     let stopped = view(&browser).await;
 
     // Act: Escape, on a second question.
-    browser.click("#ask").await;
+    ask(&browser, "Go on again").await;
     wait_for_state(&browser, "generating").await;
     wait_for_words(&browser, 3).await;
     let escaped_at = Instant::now();
