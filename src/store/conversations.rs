@@ -33,15 +33,69 @@ pub struct Conversations {
     all: Mutex<HashMap<String, Conversation>>,
     ttl: Duration,
     max_turns: usize,
+    /// Bytes of turns kept, at most `max_bytes`: the conversations that expire soonest go first.
+    bytes: std::sync::atomic::AtomicUsize,
+    max_bytes: usize,
+    /// Expired conversations are looked for at most once a second, not on every question.
+    next_sweep: Mutex<Instant>,
+}
+
+/// What one turn costs, roughly.
+fn cost(turn: &Turn) -> usize {
+    turn.question.len() + turn.answer.len() + 64
 }
 
 impl Conversations {
-    pub fn new(ttl: Duration, max_turns: usize) -> Self {
+    pub fn new(ttl: Duration, max_turns: usize, max_bytes: usize) -> Self {
         Self {
             all: Mutex::default(),
             ttl,
             max_turns,
+            bytes: 0.into(),
+            max_bytes,
+            next_sweep: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Forgets expired conversations (at most once a second), then, while over `max_bytes`, the
+    /// idle ones that would expire soonest.
+    fn sweep(&self, all: &mut HashMap<String, Conversation>, now: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut next = self
+            .next_sweep
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let over = self.bytes.load(Relaxed) > self.max_bytes;
+        if now < *next && !over {
+            return;
+        }
+        *next = now + Duration::from_secs(1);
+        let mut freed = 0;
+        all.retain(|_, c| {
+            let keep = c.expires > now || c.busy.is_some();
+            if !keep {
+                freed += c.turns.iter().map(cost).sum::<usize>();
+            }
+            keep
+        });
+        let mut bytes = self.bytes.load(Relaxed).saturating_sub(freed);
+        if bytes > self.max_bytes {
+            let mut idle: Vec<(Instant, String)> = all
+                .iter()
+                .filter(|(_, c)| c.busy.is_none())
+                .map(|(id, c)| (c.expires, id.clone()))
+                .collect();
+            idle.sort();
+            for (_, id) in idle {
+                if bytes <= self.max_bytes {
+                    break;
+                }
+                if let Some(gone) = all.remove(&id) {
+                    bytes = bytes.saturating_sub(gone.turns.iter().map(cost).sum());
+                }
+            }
+        }
+        self.bytes.store(bytes, Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Conversation>> {
@@ -52,7 +106,7 @@ impl Conversations {
     pub fn begin(&self, id: &str, stream: &str, new: bool) -> Begun {
         let now = Instant::now();
         let mut all = self.lock();
-        all.retain(|_, c| c.expires > now || c.busy.is_some());
+        self.sweep(&mut all, now);
         if new {
             all.insert(
                 id.to_owned(),
@@ -66,6 +120,9 @@ impl Conversations {
         }
         match all.get_mut(id) {
             None => Begun::Unknown,
+            Some(conversation) if conversation.expires <= now && conversation.busy.is_none() => {
+                Begun::Unknown
+            }
             Some(conversation) if conversation.busy.is_some() => Begun::Busy,
             Some(conversation) => {
                 conversation.busy = Some(stream.to_owned());
@@ -84,9 +141,13 @@ impl Conversations {
             conversation.busy = None;
         }
         if let Some(turn) = turn {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.bytes.fetch_add(cost(&turn), Relaxed);
             conversation.turns.push_back(turn);
             while conversation.turns.len() > self.max_turns {
-                conversation.turns.pop_front();
+                if let Some(gone) = conversation.turns.pop_front() {
+                    self.bytes.fetch_sub(cost(&gone), Relaxed);
+                }
             }
             conversation.expires = Instant::now() + self.ttl;
         }

@@ -85,9 +85,11 @@ impl Store {
         let store = Self {
             limits,
             redis,
+            // Conversations in this process get as many bytes as answers kept for resuming.
             conversations: Conversations::new(
                 config.conversation_ttl(),
                 config.conversation_max_turns as usize,
+                usize::try_from(config.resume_max_bytes).unwrap_or(usize::MAX),
             ),
             busy_for: config.stream_timeout() + config.resume_grace() + Duration::from_secs(10),
             max_turns: config.conversation_max_turns as usize,

@@ -86,11 +86,16 @@ impl Redis {
             }
             let mut cursor = Some(0);
             let mut renew = tokio::time::interval(ALIVE_EVERY);
+            let mut batch = Vec::new();
+            // The events' key gets its lifetime with its first entry; the alive key is renewed
+            // every ALIVE_EVERY: per event, only the XADD.
+            let mut first = true;
+            let mut renewed = tokio::time::Instant::now();
             loop {
                 let appended = log.appended();
                 let mut appended = std::pin::pin!(appended);
                 appended.as_mut().enable();
-                let mut batch = Vec::new();
+                batch.clear();
                 log.after(cursor, BATCH, &mut batch);
                 let Some(last) = batch.last() else {
                     tokio::select! {
@@ -100,6 +105,7 @@ impl Redis {
                             if redis.call(BACKGROUND_LIMIT, renewal).await.is_none() {
                                 return;
                             }
+                            renewed = tokio::time::Instant::now();
                         }
                     }
                     continue;
@@ -123,13 +129,17 @@ impl Redis {
                 } else {
                     lifetime as i64
                 };
-                write.pexpire(&events, keep).ignore();
+                if first || end {
+                    write.pexpire(&events, keep).ignore();
+                    first = false;
+                }
                 if end {
                     write.pexpire(&meta, keep).ignore().del(&alive).ignore();
-                } else {
-                    // Renewed with every batch too: while events keep coming, the loop may never
-                    // wait, and the renewal below would never run.
+                } else if renewed.elapsed() >= ALIVE_EVERY {
+                    // Renewed here too: while events keep coming, the loop may never wait for
+                    // the timer above.
                     write.pexpire(&alive, ALIVE.as_millis() as i64).ignore();
+                    renewed = tokio::time::Instant::now();
                 }
                 if redis
                     .call(BACKGROUND_LIMIT, write.query_async::<()>(&mut manager))
