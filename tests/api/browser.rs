@@ -114,7 +114,18 @@ impl Browser {
     /// Waits until `script` returns something other than `null`, `false` or `undefined`, and
     /// returns it; past the deadline, panics with `what` and what `describe` says of the page.
     pub async fn wait_for(&self, what: &str, script: &str, describe: &str) -> Value {
-        let until = Instant::now() + DEADLINE;
+        self.wait_for_within(what, script, describe, DEADLINE).await
+    }
+
+    /// As [`Browser::wait_for`], for something that takes longer than the usual deadline.
+    pub async fn wait_for_within(
+        &self,
+        what: &str,
+        script: &str,
+        describe: &str,
+        deadline: Duration,
+    ) -> Value {
+        let until = Instant::now() + deadline;
         loop {
             let value = self.js(script).await;
             if !matches!(value, Value::Null | Value::Bool(false)) {
@@ -122,7 +133,7 @@ impl Browser {
             }
             if Instant::now() > until {
                 panic!(
-                    "timed out after {DEADLINE:?} waiting for {what}; the page: {}",
+                    "timed out after {deadline:?} waiting for {what}; the page: {}",
                     self.js(describe).await
                 );
             }

@@ -22,6 +22,8 @@ use super::*;
 struct CutProxy {
     address: SocketAddr,
     cuts: Arc<watch::Sender<u64>>,
+    /// Once set, new connections are accepted and then left hanging: nothing comes back.
+    silent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CutProxy {
@@ -30,8 +32,17 @@ impl CutProxy {
         let address = listener.local_addr().expect("proxy address");
         let cuts = Arc::new(watch::channel(0_u64).0);
         let sender = cuts.clone();
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hang = silent.clone();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                if hang.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::spawn(async move {
+                        let mut sink = Vec::new();
+                        let _ = tokio::io::AsyncReadExt::read_to_end(&mut client, &mut sink).await;
+                    });
+                    continue;
+                }
                 let mut cut = sender.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
@@ -44,7 +55,17 @@ impl CutProxy {
                 });
             }
         });
-        Self { address, cuts }
+        Self {
+            address,
+            cuts,
+            silent,
+        }
+    }
+
+    /// From now on the server seems to have vanished: connections open and nothing comes back.
+    fn fall_silent(&self) {
+        self.silent
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn url(&self) -> String {
@@ -343,4 +364,61 @@ async fn a_reload_whose_answer_cannot_be_continued_shows_the_question_and_forget
     );
     assert!(!idle.ask_disabled);
     assert_eq!(app.mock.request_count(), 0, "the model was not asked");
+}
+
+#[tokio::test]
+async fn a_reconnect_that_brings_nothing_back_for_30_s_is_given_up_in_words() {
+    // Arrange: a long grace, so only the silence decides.
+    let app = spawn_app_with(|c| c.resume_grace_secs = 120.0).await;
+    let (tokens, reply) = numbered();
+    app.mock.always(reply);
+    let proxy = CutProxy::start(app.port).await;
+    let browser = Browser::start().await;
+    browser.goto(&proxy.url()).await;
+    browser.js(RECORD).await;
+    ask(&browser, "Count to sixty").await;
+    wait_for_words(&browser, 10).await;
+
+    // Act: the connection drops and every reconnection hangs with nothing coming back.
+    proxy.fall_silent();
+    let cut_at = Instant::now();
+    proxy.cut();
+    let found = browser
+        .wait_for_within(
+            "the page to give up",
+            &format!("{VIEW} return view.state === 'error' ? view : null;"),
+            &describe(),
+            Duration::from_secs(45),
+        )
+        .await;
+    let failed: View = serde_json::from_value(found).expect("a view");
+
+    // Assert: not before 30 s, then said in words, the partial text kept, Ask again offered.
+    assert!(
+        cut_at.elapsed() >= Duration::from_secs(29),
+        "gave up after {:?}",
+        cut_at.elapsed()
+    );
+    let full = tokens.concat();
+    assert!(
+        full.starts_with(&failed.answer) && failed.answer.len() < full.len(),
+        "{failed:?}"
+    );
+    assert!(failed.answer.split_whitespace().count() >= 10, "{failed:?}");
+    assert_eq!(
+        failed.error,
+        "The connection to the server was lost and nothing came back for 30 seconds. \
+         The partial answer is kept above. Ask again for a complete answer."
+    );
+    let statuses = recorded(&browser, "__statuses").await;
+    assert!(
+        statuses.iter().any(|s| s == "Reconnecting…"),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        browser
+            .js("return document.getElementById('ask-again').hidden;")
+            .await,
+        false
+    );
 }
