@@ -300,3 +300,73 @@ async fn a_resume_spends_no_rate_budget_and_keeps_the_streams_slot() {
     assert_eq!(app.limits.streams_open(), 1, "one slot for the one answer");
     assert!(rest.read_to_end().await.ended_with_done());
 }
+
+#[tokio::test]
+async fn the_oldest_finished_answers_are_forgotten_first_when_over_the_byte_limit() {
+    // Room for a few dozen answers of five tokens (one answer may hold a sixteenth: 4 KiB).
+    let app = spawn_app_with(|c| c.resume_max_bytes = 64 << 10).await;
+    let tokens = numbered(5);
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    app.mock
+        .always(Reply::sse(openai::answer(&refs, Duration::ZERO)));
+    let mut first_events = Vec::new();
+    for i in 0..120 {
+        let answer = app.stream("hi").await;
+        assert!(answer.ended_with_done(), "answer {i}: {}", answer.body);
+        first_events.push(answer.events[0].id.clone().expect("an id"));
+    }
+
+    let oldest = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &first_events[0])]).await;
+    let newest = SseReader::get(
+        app.stream_url("hi"),
+        &[("Last-Event-ID", first_events.last().expect("an answer"))],
+    )
+    .await;
+
+    assert_eq!(oldest.status, 204, "the oldest went first");
+    assert_eq!(newest.status, 200, "the newest is kept");
+}
+
+#[tokio::test]
+async fn resumes_cancels_and_kept_bytes_are_counted_in_the_metrics() {
+    let (app, _) = app_with_answer(40, 20 * MS, 5.0).await;
+    let before = app.get("/metrics").await.text().await.expect("metrics");
+    let (id, _, last) = read_then_drop(&app, 2).await;
+
+    SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &last)])
+        .await
+        .read_to_end()
+        .await;
+    SseReader::get(app.stream_url("bye"), &[("Last-Event-ID", &last)]).await;
+    let cancel = CLIENT
+        .post(format!("{}/api/stream/{id}/cancel", app.address))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(cancel.status(), 204);
+    let after = app.get("/metrics").await.text().await.expect("metrics");
+
+    let delta = |series: &str| metric(&after, series) - metric(&before, series);
+    assert!(
+        delta(r#"llm_stream_resumes_total{outcome="resumed"}"#) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        delta(r#"llm_stream_resumes_total{outcome="refused"}"#) >= 1.0,
+        "{after}"
+    );
+    assert!(delta("llm_stream_cancels_total") >= 1.0, "{after}");
+    assert!(
+        metric(&after, "llm_stream_resume_store_bytes") > 0.0,
+        "{after}"
+    );
+}
+
+/// A series' value in Prometheus text; 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0.0)
+}
