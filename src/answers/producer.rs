@@ -104,7 +104,14 @@ pub(super) async fn produce(
     // The stream's place and the upstream call end here, before anything else is done: the slot
     // first, so that whoever sees the upstream closed finds the slot free.
     drop(slot);
-    drop(events);
+    match end {
+        // Read what the upstream sends after its finish in the background, so that its
+        // connection is kept for the next answer; the client does not wait for it.
+        End::Complete => {
+            tokio::spawn(events.for_each(|_| std::future::ready(())));
+        }
+        _ => drop(events),
+    }
     // The conversation's turn is filed before the last event goes out, so that a client that
     // asks its follow-up the moment it sees the end never finds the conversation busy.
     let turn = (!text.is_empty()).then(|| crate::llm::Turn {

@@ -14,6 +14,9 @@ use tokio::time::Instant;
 use super::{EventStream, LlmEvent, utf8_guard};
 use crate::{config::Config, error::StreamError};
 
+/// The longest the rest of a finished answer's body is read for, to keep its connection.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
 /// The upstream HTTP client and the limits that bound each call.
 #[derive(Clone)]
 pub struct Upstream {
@@ -165,7 +168,14 @@ impl Upstream {
                     Ok(decoded) => for event in decoded {
                         let last = matches!(event, LlmEvent::Finish(_));
                         yield Ok(event);
-                        if last { return; }
+                        if last {
+                            // Whoever still polls after the finish reads the body to its end
+                            // (briefly), so that its connection goes back to the pool instead of
+                            // being closed: the next answer skips a new TCP and TLS handshake.
+                            let drain = async { while events.next().await.is_some() {} };
+                            let _ = tokio::time::timeout(DRAIN_LIMIT, drain).await;
+                            return;
+                        }
                     },
                     Err(Fault::Upstream(error)) => { yield Err(error); return; }
                     Err(fault) => {

@@ -3,6 +3,7 @@
 
 mod anthropic;
 mod junk_events;
+mod keep_alive;
 mod reasoning;
 mod retries;
 mod transcripts;
