@@ -18,7 +18,7 @@ pub const STREAMS_OPEN: &str = "llm_stream_streams_open";
 /// Streams ended, by `outcome`: `done`, an in-band error code, or `client_gone`.
 pub const STREAMS: &str = "llm_stream_streams_total";
 /// Requests refused before any stream, by `reason`: `rate_limited`, `too_many_streams`,
-/// `at_capacity`, `invalid_query`, `cross_site`.
+/// `at_capacity`, `invalid_query`, `cross_site`, `conversation_busy`.
 pub const REFUSALS: &str = "llm_stream_refusals_total";
 /// Time from the request to the first token or reasoning delta sent.
 pub const FIRST_TOKEN: &str = "llm_stream_first_token_seconds";
