@@ -114,11 +114,11 @@ async fn wait_for_words(browser: &Browser, words: usize) {
         .await;
 }
 
-#[tokio::test]
-async fn a_connection_cut_mid_answer_reconnects_and_the_answer_completes_exactly_from_one_request()
-{
-    // Arrange: the page through a proxy that can cut its connections.
-    let app = spawn_app_with(|c| c.resume_grace_secs = 10.0).await;
+/// The page through a proxy that can cut its connections, ten words into counting to sixty.
+async fn counting_through_a_proxy(
+    adjust: impl FnOnce(&mut llm_stream::config::Config),
+) -> (crate::helpers::TestApp, CutProxy, Browser, Vec<String>) {
+    let app = spawn_app_with(adjust).await;
     let (tokens, reply) = numbered();
     app.mock.always(reply);
     let proxy = CutProxy::start(app.port).await;
@@ -127,6 +127,15 @@ async fn a_connection_cut_mid_answer_reconnects_and_the_answer_completes_exactly
     browser.js(RECORD).await;
     ask(&browser, "Count to sixty").await;
     wait_for_words(&browser, 10).await;
+    (app, proxy, browser, tokens)
+}
+
+#[tokio::test]
+async fn a_connection_cut_mid_answer_reconnects_and_the_answer_completes_exactly_from_one_request()
+{
+    // Arrange: the page through a proxy that can cut its connections.
+    let (app, proxy, browser, tokens) =
+        counting_through_a_proxy(|c| c.resume_grace_secs = 10.0).await;
 
     // Act
     proxy.cut();
@@ -369,15 +378,8 @@ async fn a_reload_whose_answer_cannot_be_continued_shows_the_question_and_forget
 #[tokio::test]
 async fn a_reconnect_that_brings_nothing_back_for_30_s_is_given_up_in_words() {
     // Arrange: a long grace, so only the silence decides.
-    let app = spawn_app_with(|c| c.resume_grace_secs = 120.0).await;
-    let (tokens, reply) = numbered();
-    app.mock.always(reply);
-    let proxy = CutProxy::start(app.port).await;
-    let browser = Browser::start().await;
-    browser.goto(&proxy.url()).await;
-    browser.js(RECORD).await;
-    ask(&browser, "Count to sixty").await;
-    wait_for_words(&browser, 10).await;
+    let (app, proxy, browser, tokens) =
+        counting_through_a_proxy(|c| c.resume_grace_secs = 120.0).await;
 
     // Act: the connection drops and every reconnection hangs with nothing coming back.
     proxy.fall_silent();
@@ -421,4 +423,5 @@ async fn a_reconnect_that_brings_nothing_back_for_30_s_is_given_up_in_words() {
             .await,
         false
     );
+    assert_eq!(app.mock.request_count(), 1, "the model was asked once");
 }
