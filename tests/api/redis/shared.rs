@@ -32,6 +32,21 @@ async fn read_tokens(reader: &mut SseReader, n: usize) -> (Vec<String>, String) 
     (ids, text)
 }
 
+/// A `tokens`-token answer `gap` apart that never closes, in the pair's mock.
+fn hanging(shared: &super::harness::Pair, tokens: usize, gap: Duration) {
+    shared
+        .mock
+        .always(answer_of(&numbered(tokens), gap).then(End::Hang));
+}
+
+/// Opens `question` on `address` and reads `n` tokens: the reader and its stream id.
+async fn opened(address: &str, question: &str, n: usize) -> (SseReader, String) {
+    let mut reader = SseReader::get(stream_url(address, question), &[]).await;
+    let stream = reader.stream_id().await;
+    read_tokens(&mut reader, n).await;
+    (reader, stream)
+}
+
 /// The events' ids are `<stream>:<from>`, `<stream>:<from + 1>`, … with no gap.
 fn assert_ids_follow_on(answer: &Answer, stream: &str, from: u64) {
     let ids: Vec<String> = answer
@@ -160,9 +175,7 @@ async fn one_stream_per_client_holds_across_instances_and_frees_when_the_stream_
 #[tokio::test]
 async fn max_streams_holds_across_instances_for_every_client() {
     let shared = pair(|c| c.max_streams = 1).await;
-    shared
-        .mock
-        .always(answer_of(&numbered(50), 100 * MS).then(End::Hang));
+    hanging(&shared, 50, 100 * MS);
 
     let mut running = SseReader::get(stream_url(&shared.a.address, "one"), &[]).await;
     running.next_data().await.expect("a first token on A");
@@ -180,13 +193,9 @@ async fn max_streams_holds_across_instances_for_every_client() {
 #[tokio::test]
 async fn a_cancel_sent_to_one_instance_stops_the_producer_on_the_other() {
     let shared = pair(|c| c.resume_grace_secs = 30.0).await;
-    shared
-        .mock
-        .always(answer_of(&numbered(50), 100 * MS).then(End::Hang));
+    hanging(&shared, 50, 100 * MS);
 
-    let mut on_a = SseReader::get(stream_url(&shared.a.address, "stop me"), &[]).await;
-    let stream = on_a.stream_id().await;
-    on_a.next_data().await.expect("a first token");
+    let (on_a, stream) = opened(&shared.a.address, "stop me", 1).await;
 
     let cancel = |address: String| {
         let url = format!("{address}/api/stream/{stream}/cancel");
@@ -253,9 +262,7 @@ async fn on_redis_one_instance_answers_and_resumes_as_without_it() {
 #[tokio::test]
 async fn after_redis_restarts_a_cancel_still_reaches_the_producer_on_the_other_instance() {
     let mut shared = pair(|_| {}).await;
-    shared
-        .mock
-        .always(answer_of(&numbered(50), 100 * MS).then(End::Hang));
+    hanging(&shared, 50, 100 * MS);
     shared.redis.kill();
     // Each finds Redis gone on its next call.
     for address in [&shared.a.address, &shared.b.address] {
@@ -265,9 +272,7 @@ async fn after_redis_restarts_a_cancel_still_reaches_the_producer_on_the_other_i
     super::harness::wait_shared(&shared.a.address).await;
     super::harness::wait_shared(&shared.b.address).await;
 
-    let mut on_a = SseReader::get(stream_url(&shared.a.address, "stop me"), &[]).await;
-    let stream = on_a.stream_id().await;
-    on_a.next_data().await.expect("a first token");
+    let (on_a, stream) = opened(&shared.a.address, "stop me", 1).await;
     let cancelled = CLIENT
         .post(format!("{}/api/stream/{stream}/cancel", shared.b.address))
         .send()
@@ -287,14 +292,10 @@ async fn after_redis_restarts_a_cancel_still_reaches_the_producer_on_the_other_i
 #[tokio::test]
 async fn a_reader_resuming_on_one_instance_ends_the_older_connection_on_the_other() {
     let shared = pair(|c| c.resume_grace_secs = 5.0).await;
-    shared
-        .mock
-        .always(answer_of(&numbered(100), 50 * MS).then(End::Hang));
+    hanging(&shared, 100, 50 * MS);
     let (a, b) = (&shared.a.address, &shared.b.address);
 
-    let mut first = SseReader::get(stream_url(a, "q"), &[]).await;
-    let stream = first.stream_id().await;
-    read_tokens(&mut first, 2).await;
+    let (mut first, stream) = opened(a, "q", 2).await;
     // A resume on B while A's connection still looks open: A's connection ends…
     let mut second = SseReader::get(
         stream_url(b, "q"),
@@ -324,13 +325,9 @@ async fn a_reader_resuming_on_one_instance_ends_the_older_connection_on_the_othe
 #[tokio::test]
 async fn a_reader_that_leaves_another_instance_starts_the_producers_grace() {
     let shared = pair(|c| c.resume_grace_secs = 1.0).await;
-    shared
-        .mock
-        .always(answer_of(&numbered(100), 50 * MS).then(End::Hang));
+    hanging(&shared, 100, 50 * MS);
 
-    let mut on_a = SseReader::get(stream_url(&shared.a.address, "q"), &[]).await;
-    let stream = on_a.stream_id().await;
-    read_tokens(&mut on_a, 2).await;
+    let (on_a, stream) = opened(&shared.a.address, "q", 2).await;
     drop(on_a);
     let mut on_b = SseReader::get(
         stream_url(&shared.b.address, "q"),
