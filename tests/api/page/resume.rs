@@ -114,6 +114,23 @@ async fn wait_for_words(browser: &Browser, words: usize) {
         .await;
 }
 
+/// After a drop the page could not recover from: it said "Reconnecting…" first, and now offers
+/// to ask again; the model was asked once.
+async fn assert_gave_up_after_reconnecting(browser: &Browser, app: &crate::helpers::TestApp) {
+    let statuses = recorded(browser, "__statuses").await;
+    assert!(
+        statuses.iter().any(|s| s == "Reconnecting…"),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        browser
+            .js("return document.getElementById('ask-again').hidden;")
+            .await,
+        false
+    );
+    assert_eq!(app.mock.request_count(), 1, "the model was asked once");
+}
+
 /// The page through a proxy that can cut its connections, ten words into counting to sixty.
 async fn counting_through_a_proxy(
     adjust: impl FnOnce(&mut llm_stream::config::Config),
@@ -209,18 +226,7 @@ async fn a_resume_the_server_refuses_keeps_the_partial_answer_and_explains() {
          The partial answer is kept above. Ask again for a complete answer."
     );
     assert!(failed.status.ends_with(" — connection lost"), "{failed:?}");
-    let statuses = recorded(&browser, "__statuses").await;
-    assert!(
-        statuses.iter().any(|s| s == "Reconnecting…"),
-        "{statuses:?}"
-    );
-    assert_eq!(
-        browser
-            .js("return document.getElementById('ask-again').hidden;")
-            .await,
-        false
-    );
-    assert_eq!(app.mock.request_count(), 1);
+    assert_gave_up_after_reconnecting(&browser, &app).await;
 }
 
 #[tokio::test]
@@ -412,16 +418,5 @@ async fn a_reconnect_that_brings_nothing_back_for_30_s_is_given_up_in_words() {
         "The connection to the server was lost and nothing came back for 30 seconds. \
          The partial answer is kept above. Ask again for a complete answer."
     );
-    let statuses = recorded(&browser, "__statuses").await;
-    assert!(
-        statuses.iter().any(|s| s == "Reconnecting…"),
-        "{statuses:?}"
-    );
-    assert_eq!(
-        browser
-            .js("return document.getElementById('ask-again').hidden;")
-            .await,
-        false
-    );
-    assert_eq!(app.mock.request_count(), 1, "the model was asked once");
+    assert_gave_up_after_reconnecting(&browser, &app).await;
 }
