@@ -2,7 +2,7 @@
 //! then follows the live tail, until the answer ends or a newer reader of the same answer takes over.
 //! While nothing else is sent for KEEPALIVE_SECS, a `: keep-alive` comment goes out.
 
-use std::{pin::pin, sync::Arc};
+use std::{pin::pin, sync::Arc, time::Duration};
 
 use actix_web_lab::sse;
 use async_stream::stream;
@@ -89,6 +89,9 @@ pub(super) fn local(
         let quiet = tokio::time::sleep(keepalive);
         let mut quiet = pin!(quiet);
         let mut superseded = Box::pin(next_presence(presence));
+        if after.is_none() {
+            hold_opening(&answer).await;
+        }
         loop {
             let appended = answer.log.appended();
             let mut appended = pin!(appended);
@@ -122,6 +125,29 @@ pub(super) fn local(
                     quiet.as_mut().reset(last_sent + keepalive);
                 }
             }
+        }
+    }
+}
+
+/// How long a new stream's opening event may wait for the first token, to leave in the same write.
+const OPENING_HOLD: Duration = Duration::from_millis(20);
+
+/// Waits until the answer has more than its opening event, or [`OPENING_HOLD`]: a write and a
+/// wake-up of the client fewer before the first token, which is what time to first token counts;
+/// a slow model's client still learns its stream id at once, to a person's eye.
+async fn hold_opening(answer: &Answer) {
+    let hold = tokio::time::sleep(OPENING_HOLD);
+    let mut hold = pin!(hold);
+    loop {
+        let appended = answer.log.appended();
+        let mut appended = pin!(appended);
+        appended.as_mut().enable();
+        if answer.log.last().is_some_and(|(n, _)| n > 0) {
+            return;
+        }
+        tokio::select! {
+            () = &mut appended => {}
+            () = &mut hold => return,
         }
     }
 }
