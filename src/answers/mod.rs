@@ -166,10 +166,11 @@ impl Answers {
         self.sweep();
         let local = self.lock().answers.get(id).cloned();
         if let Some(answer) = local {
+            // Nothing left after `after`, or an event this answer never sent.
             let over = answer
                 .log
                 .last()
-                .is_some_and(|(last, end)| end && last <= after);
+                .is_some_and(|(last, end)| (end && last <= after) || after > last);
             if answer.question != question || over {
                 return Resume::Nothing;
             }
@@ -236,12 +237,6 @@ impl Answers {
                 }
             }
         }
-    }
-
-    /// Bytes of answers kept here now.
-    pub fn bytes(&self) -> usize {
-        let registry = self.lock();
-        registry.answers.values().map(|a| a.log.bytes()).sum()
     }
 
     /// The producer of `answer` is done: keep it for the retention, then forget it; forget the
@@ -319,6 +314,11 @@ pub fn new_stream_id() -> String {
         std::process::abort();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `text` has the shape of an id [`new_stream_id`] makes (stream and conversation ids).
+pub fn is_id(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A reader's own id, to tell readers of one answer apart (not a secret).

@@ -16,8 +16,7 @@ pub async fn cancel(
         return Err(Refusal::CrossSite).inspect_err(crate::metrics::refused);
     }
     let id = id.into_inner();
-    let well_formed = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
-    if well_formed && answers.cancel(&id).await {
+    if crate::answers::is_id(&id) && answers.cancel(&id).await {
         crate::metrics::cancelled();
         Ok(HttpResponse::NoContent().finish())
     } else {

@@ -174,7 +174,7 @@ impl Store {
     /// Begins `stream`'s turn in conversation `asked` (a new conversation when it is `None`,
     /// malformed, unknown or expired), marking the conversation busy until [`Store::end_turn`].
     pub async fn begin_turn(&self, asked: Option<&str>, stream: &str) -> Conversation {
-        let asked = asked.filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let asked = asked.filter(|id| crate::answers::is_id(id));
         if let Some(id) = asked {
             match self.begin(id, stream, false).await {
                 Begun::Ready(history) => {

@@ -120,7 +120,7 @@ async fn a_resume_after_the_end_is_told_to_stop_and_one_before_it_gets_the_end()
 }
 
 #[tokio::test]
-async fn a_resume_with_another_question_or_an_unknown_id_is_told_to_stop() {
+async fn a_resume_with_another_question_an_unknown_id_or_an_event_never_sent_is_told_to_stop() {
     let (app, _) = app_with_answer(40, 20 * MS, 5.0).await;
     let (id, _, last) = read_then_drop(&app, 2).await;
 
@@ -131,10 +131,16 @@ async fn a_resume_with_another_question_or_an_unknown_id_is_told_to_stop() {
     )
     .await;
     let malformed = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &id)]).await;
+    let never_sent = SseReader::get(
+        app.stream_url("hi"),
+        &[("Last-Event-ID", &format!("{id}:999"))],
+    )
+    .await;
 
     assert_eq!(other_question.status, 204);
     assert_eq!(unknown.status, 204);
     assert_eq!(malformed.status, 204);
+    assert_eq!(never_sent.status, 204, "an event the answer never sent");
     assert_eq!(app.mock.request_count(), 1, "no resume asks the model");
 }
 
