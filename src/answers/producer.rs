@@ -47,6 +47,8 @@ pub(super) async fn produce(
     let mut shutdown = std::pin::pin!(shutdown);
     // What the person sees, kept as the conversation's turn however the answer ends.
     let mut text = String::new();
+    // The log's bytes, counted here rather than asked of the log for every event.
+    let mut kept = answer.log.bytes();
     // The first reader attached before this task ran, and may already be gone.
     let mut left_at = (!presence.borrow_and_update().attached).then(Instant::now);
     let mut reader_changed = Box::pin(super::reader::next_presence(presence));
@@ -81,15 +83,17 @@ pub(super) async fn produce(
                 Some(Ok(LlmEvent::Token(token))) => {
                     report.token();
                     text.push_str(&token);
-                    if answer.log.append(Kind::Message, sse::token_data(&token)) == 0
-                        || answer.log.bytes() >= answers.settings.max_answer_bytes
-                    {
+                    kept += answer.log.append(Kind::Message, sse::token_data(&token));
+                    if kept >= answers.settings.max_answer_bytes {
                         break End::Error(StreamError::TooLong);
                     }
                 }
-                Some(Ok(LlmEvent::Reasoning(text))) => {
+                Some(Ok(LlmEvent::Reasoning(reasoning))) => {
                     report.first_output();
-                    answer.log.append(Kind::Message, sse::reasoning_data(&text));
+                    kept += answer.log.append(Kind::Message, sse::reasoning_data(&reasoning));
+                    if kept >= answers.settings.max_answer_bytes {
+                        break End::Error(StreamError::TooLong);
+                    }
                 }
                 Some(Ok(LlmEvent::Finish(finish))) => {
                     report.finish("done");

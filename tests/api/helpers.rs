@@ -45,16 +45,21 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let mock = MockUpstream::start().await;
-    let mut config = test_config(&[
+    let mut config = openai_config(&mock);
+    adjust(&mut config);
+    spawn_with_config(config, mock).await
+}
+
+/// A test configuration on the OpenAI-compatible provider, in front of `mock`.
+pub fn openai_config(mock: &MockUpstream) -> Config {
+    test_config(&[
         "--llm-provider",
         "openai",
         "--llm-base-url",
         &mock.url(),
         "--llm-api-key",
         "sk-test-SECRET-KEY",
-    ]);
-    adjust(&mut config);
-    spawn_with_config(config, mock).await
+    ])
 }
 
 /// The app on the built-in demo model.

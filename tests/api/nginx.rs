@@ -367,19 +367,7 @@ async fn two_app_instances_behind_the_upstream_block_both_serve_streams() {
     let mock = MockUpstream::start().await;
     let tokens = ["a "; 50];
     mock.always(Reply::sse(openai::answer(&tokens, 100 * MS)).then(End::Hang));
-    let instance = || {
-        spawn_with_config(
-            crate::helpers::test_config(&[
-                "--llm-provider",
-                "openai",
-                "--llm-base-url",
-                &mock.url(),
-                "--llm-api-key",
-                "sk-test",
-            ]),
-            mock.clone(),
-        )
-    };
+    let instance = || spawn_with_config(crate::helpers::openai_config(&mock), mock.clone());
     let (one, two) = (instance().await, instance().await);
     let nginx = Nginx::start(Site::plain(&[&one, &two])).await;
 

@@ -222,6 +222,21 @@ async fn clipboard(browser: &Browser) -> String {
         .to_owned()
 }
 
+/// Clicks the Copy of the turn `turn` (`first-child`, `last-child`, …), waits for it to say
+/// Copied, and returns what it put on the clipboard.
+async fn copy_answer(browser: &Browser, turn: &str) -> String {
+    let button = format!("#turns > .turn:{turn} .answer-copy");
+    browser.click(&button).await;
+    browser
+        .wait_for(
+            "the answer's Copy to say Copied",
+            &format!("return document.querySelector('{button}').textContent === 'Copied';"),
+            &format!("return document.querySelector('{button}').textContent;"),
+        )
+        .await;
+    clipboard(browser).await
+}
+
 /// The tokens `gap` apart, pausing `pause` after the first `pause_after` of them, then finish,
 /// usage and `[DONE]`.
 fn answer_with_pause(

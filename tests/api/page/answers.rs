@@ -322,17 +322,7 @@ async fn copy_puts_the_whole_answer_on_the_clipboard() {
     wait_for_state(&browser, "done").await;
 
     // Act
-    browser
-        .click("#turns > .turn:last-child .answer-copy")
-        .await;
-    browser
-        .wait_for(
-            "the Copy button to say Copied",
-            "return document.querySelector('#turns > .turn:last-child .answer-copy').textContent === 'Copied';",
-            "return document.querySelector('#turns > .turn:last-child .answer-copy').textContent;",
-        )
-        .await;
-    let copied = clipboard(&browser).await;
+    let copied = copy_answer(&browser, "last-child").await;
 
     // Assert: the answer's source, to the byte (the page shows it rendered).
     assert_eq!(copied, TOKENS.concat());

@@ -187,20 +187,10 @@ async fn two_questions_stay_on_screen_as_turns_the_follow_up_carries_the_first_a
     assert!(path.metadata().expect("the screenshot").len() > 20_000);
 
     // Act: the first answer's own Copy.
-    browser
-        .click("#turns > .turn:first-child .answer-copy")
-        .await;
-    browser
-        .wait_for(
-            "the first answer's Copy to say Copied",
-            "return document.querySelector('#turns > .turn:first-child .answer-copy')
-                 .textContent === 'Copied';",
-            &describe(),
-        )
-        .await;
+    let copied = copy_answer(&browser, "first-child").await;
 
     // Assert: the first answer's Markdown source, not the last one's.
-    assert_eq!(clipboard(&browser).await, A1);
+    assert_eq!(copied, A1);
 
     // Act: New conversation, then a question.
     browser.click("#new-conversation").await;

@@ -160,17 +160,7 @@ async fn each_code_blocks_copy_copies_its_code_and_the_answers_copy_copies_the_m
         )
         .await;
     let block = clipboard(&browser).await;
-    browser
-        .click("#turns > .turn:last-child .answer-copy")
-        .await;
-    browser
-        .wait_for(
-            "the Copy button to say Copied",
-            "return document.querySelector('#turns > .turn:last-child .answer-copy').textContent === 'Copied';",
-            "return document.querySelector('#turns > .turn:last-child .answer-copy').textContent;",
-        )
-        .await;
-    let page = clipboard(&browser).await;
+    let page = copy_answer(&browser, "last-child").await;
 
     // Assert
     assert_eq!(block, second);

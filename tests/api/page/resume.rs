@@ -195,19 +195,11 @@ async fn a_connection_cut_mid_answer_reconnects_and_the_answer_completes_exactly
 async fn a_resume_the_server_refuses_keeps_the_partial_answer_and_explains() {
     // Arrange: no grace and a short retention, so the cut answer is cancelled and soon forgotten:
     // the EventSource's reconnection is answered 204.
-    let app = spawn_app_with(|c| {
+    let (app, proxy, browser, tokens) = counting_through_a_proxy(|c| {
         c.resume_grace_secs = 0.0;
         c.resume_retention_secs = 0.05;
     })
     .await;
-    let (tokens, reply) = numbered();
-    app.mock.always(reply);
-    let proxy = CutProxy::start(app.port).await;
-    let browser = Browser::start().await;
-    browser.goto(&proxy.url()).await;
-    browser.js(RECORD).await;
-    ask(&browser, "Count to sixty").await;
-    wait_for_words(&browser, 10).await;
 
     // Act
     proxy.cut();

@@ -76,16 +76,7 @@ async fn killing_the_producing_instance_ends_a_resumed_reader_with_stream_interr
     assert_eq!(again.status, 204, "resumed after stream_interrupted");
 
     // A's slot was leased in Redis: still held, until the lease runs out with nobody renewing it.
-    let refused = SseReader::get(stream_url(&b.address, "again"), &[])
-        .await
-        .read_to_end()
-        .await;
-    assert_eq!(refused.status, 429, "{}", refused.body);
-    assert!(
-        refused.body.contains("too_many_streams"),
-        "{}",
-        refused.body
-    );
+    super::harness::assert_refused(&b.address, "again", 429, "too_many_streams").await;
     assert_eq!(redis.live_slots("127.0.0.1").await, 1);
     // Asked of Redis itself: an instance that found Redis slow for a moment would answer from its
     // own (empty) slots meanwhile.

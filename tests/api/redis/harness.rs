@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    helpers::{CLIENT, DEADLINE, TestApp, spawn_with_config, test_config},
+    helpers::{CLIENT, DEADLINE, SseReader, TestApp, spawn_with_config},
     mock_upstream::MockUpstream,
     nginx::harness::TempDir,
 };
@@ -217,14 +217,7 @@ pub async fn instance(
     mock: &MockUpstream,
     adjust: impl FnOnce(&mut Config),
 ) -> TestApp {
-    let mut config = test_config(&[
-        "--llm-provider",
-        "openai",
-        "--llm-base-url",
-        &mock.url(),
-        "--llm-api-key",
-        "sk-test",
-    ]);
+    let mut config = crate::helpers::openai_config(mock);
     config.redis_url = Some(SecretString::from(redis.url()));
     // These machines are shared and noisy: a slow Redis reply must not make a test's instance
     // decide alone what the shared limits decide (the 100 ms default is for production).
@@ -250,6 +243,16 @@ pub async fn pair(adjust: impl Fn(&mut Config)) -> Pair {
     let a = instance(&redis, &mock, &adjust).await;
     let b = instance(&redis, &mock, &adjust).await;
     Pair { a, b, mock, redis }
+}
+
+/// Asks `question` on `address` and asserts it is refused with `status` and the error `code`.
+pub async fn assert_refused(address: &str, question: &str, status: u16, code: &str) {
+    let refused = SseReader::get(stream_url(address, question), &[])
+        .await
+        .read_to_end()
+        .await;
+    assert_eq!(refused.status, status, "{}", refused.body);
+    assert!(refused.body.contains(code), "{}", refused.body);
 }
 
 /// `GET <address>/api/limits` as `client` (loopback is a trusted proxy, so `X-Real-IP` is believed).

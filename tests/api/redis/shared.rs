@@ -146,16 +146,7 @@ async fn one_stream_per_client_holds_across_instances_and_frees_when_the_stream_
 
     let mut running = SseReader::get(stream_url(a, "long"), &[]).await;
     running.next_data().await.expect("a first token on A");
-    let refused = SseReader::get(stream_url(b, "second"), &[])
-        .await
-        .read_to_end()
-        .await;
-    assert_eq!(refused.status, 429, "{}", refused.body);
-    assert!(
-        refused.body.contains("too_many_streams"),
-        "{}",
-        refused.body
-    );
+    super::harness::assert_refused(b, "second", 429, "too_many_streams").await;
     assert_eq!(limits_of(b, None).await["streams_open"], 1);
 
     let rest = running.read_to_end().await;
