@@ -4,6 +4,7 @@
 //! the shared store, on another instance. Finished answers stay for RESUME_RETENTION_SECS, within
 //! RESUME_MAX_BYTES.
 
+mod control;
 mod producer;
 mod reader;
 
@@ -41,9 +42,20 @@ pub struct Answer {
     /// The conversation whose turn this answer is.
     conversation: String,
     pub log: Arc<Log>,
-    cancel: CancellationToken,
+    control: control::Control,
     presence: watch::Sender<Presence>,
     resumed: std::sync::atomic::AtomicU32,
+}
+
+impl Answer {
+    /// Changes who reads the answer (`change` says whether it did); the producer and the readers
+    /// then look again.
+    fn change_presence(&self, change: impl FnOnce(&mut Presence) -> bool) {
+        if self.presence.send_if_modified(change) {
+            self.control.presence_changed();
+            self.log.wake();
+        }
+    }
 }
 
 /// The settings answers live by.
@@ -89,8 +101,18 @@ pub enum Resume<S> {
 
 impl Answers {
     pub fn new(config: &Config, store: Arc<Store>, shutdown: CancellationToken) -> Self {
+        let registry: Arc<Mutex<Registry>> = Arc::default();
+        let running = Arc::clone(&registry);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            let registry = running.lock().unwrap_or_else(PoisonError::into_inner);
+            for answer in registry.answers.values() {
+                answer.control.shut_down();
+            }
+        });
         Self {
-            registry: Arc::default(),
+            registry,
             store,
             settings: Settings {
                 retention: config.resume_retention(),
@@ -130,10 +152,13 @@ impl Answers {
             question,
             conversation,
             log: Arc::default(),
-            cancel: CancellationToken::new(),
+            control: control::Control::default(),
             presence,
             resumed: 0.into(),
         });
+        if self.shutdown.is_cancelled() {
+            answer.control.shut_down();
+        }
         answer.log.append(
             Kind::Opening,
             crate::sse::opening(&id, &answer.conversation, turn).into(),
@@ -197,7 +222,7 @@ impl Answers {
     pub async fn cancel(&self, id: &str) -> bool {
         let local = self.lock().answers.get(id).cloned();
         if let Some(answer) = local {
-            answer.cancel.cancel();
+            answer.control.cancel();
             return true;
         }
         self.store.cancel_elsewhere(id).await
@@ -209,7 +234,7 @@ impl Answers {
         match signal {
             Signal::Cancel(id) => {
                 if let Some(answer) = registry.answers.get(&id) {
-                    answer.cancel.cancel();
+                    answer.control.cancel();
                 }
             }
             Signal::Reader { id, reader } => {
@@ -218,7 +243,7 @@ impl Answers {
                     attached: true,
                 };
                 if let Some(answer) = registry.answers.get(&id) {
-                    answer.presence.send_replace(presence);
+                    answer.change_presence(|p| std::mem::replace(p, presence) != presence);
                 }
                 if let Some(follower) = registry.followers.get(&id) {
                     follower.send_replace(presence);
@@ -233,7 +258,7 @@ impl Answers {
                     mine
                 };
                 if let Some(answer) = registry.answers.get(&id) {
-                    answer.presence.send_if_modified(left);
+                    answer.change_presence(left);
                 }
             }
         }

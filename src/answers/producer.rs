@@ -3,12 +3,17 @@
 //! an explicit cancel, or when nobody has read the answer for RESUME_GRACE_SECS; dropping what it
 //! owns then closes the upstream connection and frees the slot.
 
-use std::sync::Arc;
+use std::{
+    future::{Future, poll_fn},
+    pin::pin,
+    sync::Arc,
+    task::Poll,
+};
 
 use futures_util::StreamExt;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::{Answer, Answers};
+use super::{Answer, Answers, control::Raised};
 use crate::store::log::Kind;
 use crate::{
     error::StreamError,
@@ -28,6 +33,14 @@ enum End {
     Abandoned,
 }
 
+/// What woke the producer.
+enum Step {
+    End(End),
+    /// A reader came or went.
+    Presence,
+    Event(Option<Result<LlmEvent, StreamError>>),
+}
+
 pub(super) async fn produce(
     answer: Arc<Answer>,
     mut events: EventStream,
@@ -37,72 +50,83 @@ pub(super) async fn produce(
 ) {
     // One timer for the whole answer, not one per event.
     let deadline = sleep_until(Instant::now() + answers.settings.budget);
-    let mut deadline = std::pin::pin!(deadline);
+    let mut deadline = pin!(deadline);
     let grace = answers.settings.grace;
-    let mut presence = answer.presence.subscribe();
-    // Armed once, not per event: the cancel, the shutdown, and a change of reader.
-    let cancelled = answer.cancel.cancelled();
-    let mut cancelled = std::pin::pin!(cancelled);
-    let shutdown = answers.shutdown.cancelled();
-    let mut shutdown = std::pin::pin!(shutdown);
+    // Set while nobody reads the answer: when that grace runs out.
+    let mut gone = pin!(None::<Sleep>);
     // What the person sees, kept as the conversation's turn however the answer ends.
     let mut text = String::new();
     // The log's bytes, counted here rather than asked of the log for every event.
     let mut kept = answer.log.bytes();
     // The first reader attached before this task ran, and may already be gone.
-    let mut left_at = (!presence.borrow_and_update().attached).then(Instant::now);
-    let mut reader_changed = Box::pin(super::reader::next_presence(presence));
+    let mut attached = true;
+    let mut presence_changed = true;
     let end = loop {
-        let gone = async {
-            match left_at {
-                Some(at) => sleep_until(at + grace).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            () = &mut cancelled => break End::Error(StreamError::Cancelled),
-            () = &mut shutdown => break End::Error(StreamError::ServerShutdown),
-            () = &mut deadline => break End::Error(StreamError::Timeout),
-            () = gone => break End::Abandoned,
-            (now, presence) = &mut reader_changed => {
-                let Some(now) = now else {
-                    break End::Abandoned;
-                };
-                reader_changed = Box::pin(super::reader::next_presence(presence));
-                let attached = now.attached;
-                left_at = match (attached, left_at) {
-                    (true, _) => None,
+        if presence_changed {
+            presence_changed = false;
+            let now = answer.presence.borrow().attached;
+            if now != attached {
+                attached = now;
+                if attached {
+                    gone.set(None);
+                } else if grace.is_zero() {
                     // No timer for no grace: a timer would wait for the clock's next tick.
-                    (false, _) if grace.is_zero() => break End::Abandoned,
-                    (false, Some(at)) => Some(at),
-                    (false, None) => Some(Instant::now()),
-                };
+                    break End::Abandoned;
+                } else {
+                    gone.set(Some(sleep_until(Instant::now() + grace)));
+                }
             }
-            event = events.next() => match event {
-                Some(Ok(LlmEvent::Token(token))) => {
-                    report.token();
-                    text.push_str(&token);
-                    kept += answer.log.append(Kind::Message, sse::token_data(&token));
-                    if kept >= answers.settings.max_answer_bytes {
-                        break End::Error(StreamError::TooLong);
-                    }
+        }
+        // Per wake-up: a look at the control's flags, the deadline and the events; the rest only
+        // when raised.
+        let step = poll_fn(|cx| {
+            match answer.control.poll(cx) {
+                Poll::Ready(Raised::Stop(error)) => {
+                    return Poll::Ready(Step::End(End::Error(error)));
                 }
-                Some(Ok(LlmEvent::Reasoning(reasoning))) => {
-                    report.first_output();
-                    kept += answer.log.append(Kind::Message, sse::reasoning_data(&reasoning));
-                    if kept >= answers.settings.max_answer_bytes {
-                        break End::Error(StreamError::TooLong);
-                    }
+                Poll::Ready(Raised::Presence) => return Poll::Ready(Step::Presence),
+                Poll::Pending => {}
+            }
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::End(End::Error(StreamError::Timeout)));
+            }
+            if gone
+                .as_mut()
+                .as_pin_mut()
+                .is_some_and(|gone| gone.poll(cx).is_ready())
+            {
+                return Poll::Ready(Step::End(End::Abandoned));
+            }
+            events.poll_next_unpin(cx).map(Step::Event)
+        })
+        .await;
+        match step {
+            Step::End(end) => break end,
+            Step::Presence => presence_changed = true,
+            Step::Event(Some(Ok(LlmEvent::Token(token)))) => {
+                report.token();
+                text.push_str(&token);
+                kept += answer.log.append(Kind::Message, sse::token_data(&token));
+                if kept >= answers.settings.max_answer_bytes {
+                    break End::Error(StreamError::TooLong);
                 }
-                Some(Ok(LlmEvent::Finish(finish))) => {
-                    report.finish("done");
-                    answer.log.append(Kind::Message, sse::finish_data(&finish));
-                    break End::Complete;
+            }
+            Step::Event(Some(Ok(LlmEvent::Reasoning(reasoning)))) => {
+                report.first_output();
+                kept += answer
+                    .log
+                    .append(Kind::Message, sse::reasoning_data(&reasoning));
+                if kept >= answers.settings.max_answer_bytes {
+                    break End::Error(StreamError::TooLong);
                 }
-                Some(Err(error)) => break End::Error(error),
-                None => break End::Error(StreamError::StreamInterrupted),
-            },
+            }
+            Step::Event(Some(Ok(LlmEvent::Finish(finish)))) => {
+                report.finish("done");
+                answer.log.append(Kind::Message, sse::finish_data(&finish));
+                break End::Complete;
+            }
+            Step::Event(Some(Err(error))) => break End::Error(error),
+            Step::Event(None) => break End::Error(StreamError::StreamInterrupted),
         }
     };
     // The stream's place and the upstream call end here, before anything else is done: the slot

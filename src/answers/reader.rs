@@ -2,12 +2,18 @@
 //! then follows the live tail, until the answer ends or a newer reader of the same answer takes over.
 //! While nothing else is sent for KEEPALIVE_SECS, a `: keep-alive` comment goes out.
 
-use std::{pin::pin, sync::Arc, time::Duration};
+use std::{
+    future::{Future, poll_fn},
+    pin::pin,
+    sync::Arc,
+    task::Poll,
+    time::Duration,
+};
 
 use actix_web_lab::sse;
 use async_stream::stream;
 use futures_util::Stream;
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 
 use super::{Answer, Answers, Presence, new_reader_id};
 use crate::store::log::{Kind, Record};
@@ -22,16 +28,15 @@ const BATCH: usize = 256;
 
 /// Marks the reader present while it lives, and absent when it goes (unless another took over).
 struct Attached {
-    id: String,
     reader: u64,
-    presence: watch::Sender<Presence>,
+    answer: Arc<Answer>,
     answers: Answers,
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
         let reader = self.reader;
-        self.presence.send_if_modified(|p| {
+        self.answer.change_presence(|p| {
             let mine = p.reader == reader && p.attached;
             if mine {
                 p.attached = false;
@@ -39,7 +44,7 @@ impl Drop for Attached {
             mine
         });
         self.answers.store.announce(Signal::Left {
-            id: std::mem::take(&mut self.id),
+            id: self.answer.id.clone(),
             reader,
         });
     }
@@ -61,6 +66,16 @@ fn new_reader(answers: &Answers, id: &str) -> (u64, Presence) {
     )
 }
 
+/// What woke a reader.
+enum Step {
+    /// Records to send, in the reader's batch.
+    Records,
+    /// Another reader took over.
+    Superseded,
+    /// Nothing sent for a while.
+    Quiet,
+}
+
 /// Reads an answer produced here, after event `after` (from the opening event when `None`).
 pub(super) fn local(
     answer: Arc<Answer>,
@@ -68,56 +83,58 @@ pub(super) fn local(
     answers: Answers,
 ) -> impl Stream<Item = sse::Event> + use<> {
     let (reader, me) = new_reader(&answers, &answer.id);
-    answer.presence.send_replace(me);
+    answer.change_presence(|p| std::mem::replace(p, me) != me);
     let keepalive = answers.settings.keepalive;
     let mut presence = answer.presence.subscribe();
     presence.borrow_and_update();
     // Made before the body is first polled, so that a client gone at once still counts as gone.
     let attached = Attached {
-        id: answer.id.clone(),
         reader,
-        presence: answer.presence.clone(),
+        answer: Arc::clone(&answer),
         answers,
     };
     stream! {
         let _attached = attached;
         let mut cursor = after;
         let mut batch = Vec::new();
-        // Per event only the log's wake-up is armed; the keep-alive timer and the takeover watch
-        // are set up once and re-armed only when they fire.
+        // Per wake-up: one look at the log (which also registers for its next append), a look at
+        // the presence's version, and the keep-alive timer, re-armed only when it fires.
         let mut last_sent = Instant::now();
         let quiet = tokio::time::sleep(keepalive);
         let mut quiet = pin!(quiet);
-        let mut superseded = Box::pin(next_presence(presence));
         if after.is_none() {
             hold_opening(&answer).await;
         }
         loop {
-            let appended = answer.log.appended();
-            let mut appended = pin!(appended);
-            appended.as_mut().enable();
-            answer.log.after(cursor, BATCH, &mut batch);
-            if let Some(last) = batch.last() {
-                cursor = Some(last.n);
-                let end = last.kind == Kind::End;
-                for record in batch.drain(..) {
-                    yield frame(&answer.id, &record);
+            let step = poll_fn(|cx| {
+                if presence.has_changed().unwrap_or(true) {
+                    return Poll::Ready(Step::Superseded);
                 }
-                if end {
-                    return;
+                if answer.log.poll_after(cx, cursor, BATCH, &mut batch).is_ready() {
+                    return Poll::Ready(Step::Records);
                 }
-                last_sent = Instant::now();
-                continue;
-            }
-            tokio::select! {
-                () = &mut appended => {}
-                (now, presence) = &mut superseded => {
-                    if now.is_none_or(|now| now.reader != reader) {
+                quiet.as_mut().poll(cx).map(|()| Step::Quiet)
+            })
+            .await;
+            match step {
+                Step::Records => {
+                    let Some(last) = batch.last() else { continue };
+                    cursor = Some(last.n);
+                    let end = last.kind == Kind::End;
+                    for record in batch.drain(..) {
+                        yield frame(&answer.id, &record);
+                    }
+                    if end {
                         return;
                     }
-                    superseded = Box::pin(next_presence(presence));
+                    last_sent = Instant::now();
                 }
-                () = &mut quiet => {
+                Step::Superseded => {
+                    if presence.has_changed().is_err() || presence.borrow_and_update().reader != reader {
+                        return;
+                    }
+                }
+                Step::Quiet => {
                     if last_sent + keepalive <= Instant::now() {
                         yield keep_alive();
                         last_sent = Instant::now();
@@ -138,29 +155,17 @@ const OPENING_HOLD: Duration = Duration::from_millis(20);
 async fn hold_opening(answer: &Answer) {
     let hold = tokio::time::sleep(OPENING_HOLD);
     let mut hold = pin!(hold);
-    loop {
-        let appended = answer.log.appended();
-        let mut appended = pin!(appended);
-        appended.as_mut().enable();
-        if answer.log.last().is_some_and(|(n, _)| n > 0) {
-            return;
+    poll_fn(|cx| {
+        if answer
+            .log
+            .poll_after(cx, Some(0), 0, &mut Vec::new())
+            .is_ready()
+        {
+            return Poll::Ready(());
         }
-        tokio::select! {
-            () = &mut appended => {}
-            () = &mut hold => return,
-        }
-    }
-}
-
-/// The next change of who reads an answer (`None`: the answer is gone), and the watch to wait on again.
-pub(super) async fn next_presence(
-    mut presence: watch::Receiver<Presence>,
-) -> (Option<Presence>, watch::Receiver<Presence>) {
-    let now = match presence.changed().await {
-        Ok(()) => Some(*presence.borrow_and_update()),
-        Err(_) => None,
-    };
-    (now, presence)
+        hold.as_mut().poll(cx)
+    })
+    .await;
 }
 
 /// Reads an answer produced by another instance, through the shared store.

@@ -1,10 +1,12 @@
 //! An answer's log in this process: the events in order, as they will be sent, each kept until the
 //! answer is forgotten, and a wake-up for the readers that follow its tail.
 
-use std::sync::{Mutex, PoisonError};
+use std::{
+    sync::{Mutex, PoisonError},
+    task::{Context, Poll, Waker},
+};
 
 use bytestring::ByteString;
-use tokio::sync::Notify;
 
 /// What an event of the log is, for the reader that frames it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +53,15 @@ const RECORD_OVERHEAD: usize = std::mem::size_of::<Record>() + 16;
 struct State {
     records: Vec<Record>,
     bytes: usize,
+    /// The readers that found nothing new, to wake at the next append. Under the log's own lock,
+    /// so that a reader looks and registers in one step: one lock per look, no lost wake-up.
+    waiting: Vec<Waker>,
 }
 
 /// The records of one answer, appended by its producer and read by anyone.
 #[derive(Default)]
 pub struct Log {
     state: Mutex<State>,
-    appended: Notify,
 }
 
 impl Log {
@@ -75,19 +79,48 @@ impl Log {
         let bytes = data.len() + RECORD_OVERHEAD;
         state.records.push(Record { n, kind, data });
         state.bytes += bytes;
-        drop(state);
-        self.appended.notify_waiters();
+        // A wake-up only schedules the reader's task: cheap enough to do under the lock, and the
+        // list keeps its room for the next event.
+        state.waiting.drain(..).for_each(Waker::wake);
         bytes
     }
 
     /// Adds to `into` the records numbered above `after`, at most `limit` of them (a reader
-    /// reuses one buffer for all its reads).
-    pub fn after(&self, after: Option<u64>, limit: usize, into: &mut Vec<Record>) {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+    /// reuses one buffer for all its reads; a `limit` of 0 only looks), and is ready when there
+    /// are any; otherwise `cx` is woken at the next append or [`Log::wake`].
+    pub fn poll_after(
+        &self,
+        cx: &mut Context<'_>,
+        after: Option<u64>,
+        limit: usize,
+        into: &mut Vec<Record>,
+    ) -> Poll<()> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let start = after.map_or(0, |n| n as usize + 1);
-        if let Some(rest) = state.records.get(start..) {
-            into.extend(rest.iter().take(limit).cloned());
+        match state.records.get(start..) {
+            Some(rest) if !rest.is_empty() => {
+                into.extend(rest.iter().take(limit).cloned());
+                Poll::Ready(())
+            }
+            _ => {
+                if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.waiting.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
         }
+    }
+
+    /// Resolves when there are records after `after`, having added them to `into` as
+    /// [`Log::poll_after`] does.
+    pub async fn next(&self, after: Option<u64>, limit: usize, into: &mut Vec<Record>) {
+        std::future::poll_fn(|cx| self.poll_after(cx, after, limit, into)).await;
+    }
+
+    /// Wakes every reader waiting for an append, to look at something else (a takeover).
+    pub fn wake(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.waiting.drain(..).for_each(Waker::wake);
     }
 
     /// The number of the last record, and whether it ends the answer.
@@ -104,11 +137,5 @@ impl Log {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .bytes
-    }
-
-    /// Resolves at the next append; make it (and `enable` it) before looking at the log, so that
-    /// an append between the look and the wait is not missed.
-    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
-        self.appended.notified()
     }
 }

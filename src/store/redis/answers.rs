@@ -92,22 +92,19 @@ impl Redis {
             let mut first = true;
             let mut renewed = tokio::time::Instant::now();
             loop {
-                let appended = log.appended();
-                let mut appended = std::pin::pin!(appended);
-                appended.as_mut().enable();
                 batch.clear();
-                log.after(cursor, BATCH, &mut batch);
-                let Some(last) = batch.last() else {
-                    tokio::select! {
-                        () = &mut appended => {}
-                        _ = renew.tick() => {
-                            let renewal = manager.pexpire::<_, ()>(&alive, ALIVE.as_millis() as i64);
-                            if redis.call(BACKGROUND_LIMIT, renewal).await.is_none() {
-                                return;
-                            }
-                            renewed = tokio::time::Instant::now();
+                tokio::select! {
+                    () = log.next(cursor, BATCH, &mut batch) => {}
+                    _ = renew.tick() => {
+                        let renewal = manager.pexpire::<_, ()>(&alive, ALIVE.as_millis() as i64);
+                        if redis.call(BACKGROUND_LIMIT, renewal).await.is_none() {
+                            return;
                         }
+                        renewed = tokio::time::Instant::now();
+                        continue;
                     }
+                }
+                let Some(last) = batch.last() else {
                     continue;
                 };
                 cursor = Some(last.n);
