@@ -21,6 +21,7 @@ use crate::{
 pub const GAP: Duration = Duration::from_millis(10);
 
 /// Times and counts from one latency run.
+#[derive(Default)]
 pub struct Latency {
     pub first_token: Vec<Duration>,
     pub gaps: Vec<Duration>,
@@ -29,6 +30,17 @@ pub struct Latency {
     pub tokens: usize,
     /// Streams that failed or missed a token.
     pub failed: usize,
+}
+
+impl Latency {
+    /// Adds another run's times and counts to these.
+    pub fn merge(&mut self, other: Latency) {
+        self.first_token.extend(other.first_token);
+        self.gaps.extend(other.gaps);
+        self.streams += other.streams;
+        self.tokens += other.tokens;
+        self.failed += other.failed;
+    }
 }
 
 /// `streams` concurrent clients, each reading `rounds` answers of `tokens` tokens 10 ms apart.

@@ -29,6 +29,7 @@ struct Subject {
 }
 
 /// What a phase cost one subject (and, for the Redis column, redis-server).
+#[derive(Default)]
 struct Cost {
     user: Duration,
     system: Duration,
@@ -57,6 +58,15 @@ async fn costed<T>(
         redis_commands: commands_after.saturating_sub(commands_before + 1),
     };
     (out, cost)
+}
+
+impl Cost {
+    fn add(&mut self, other: &Cost) {
+        self.user += other.user;
+        self.system += other.system;
+        self.redis_cpu += other.redis_cpu;
+        self.redis_commands += other.redis_commands;
+    }
 }
 
 fn sum((user, system): (Duration, Duration)) -> Duration {
@@ -150,19 +160,22 @@ pub async fn run() {
 
     let mut table = Table::default();
     if part("latency") {
-        let mut runs = Vec::new();
-        for s in &subjects {
-            runs.push((s.col, phases::latency(s.target, 20, 15, 30).await));
-        }
+        let runs = interleaved(&subjects, &redis, |s| phases::latency(s.target, 20, 5, 30))
+            .await
+            .into_iter()
+            .map(|(col, run, _)| (col, run))
+            .collect::<Vec<_>>();
         table.latency("20 streams of 30 tokens", &runs, false);
     }
     if part("paced") {
         const STREAMS: usize = 100;
         let (mut runs, mut cpu, mut redis_cpu) = (Vec::new(), Vec::new(), None);
         let mut commands = None;
-        for s in &subjects {
-            let (run, cost): (Latency, Cost) =
-                costed(s, Some(&redis), phases::latency(s.target, STREAMS, 3, 100)).await;
+        let measured = interleaved(&subjects, &redis, |s| {
+            phases::latency(s.target, STREAMS, 2, 100)
+        })
+        .await;
+        for (s, (_, run, cost)) in subjects.iter().zip(measured) {
             if s.pid.is_some() {
                 cpu.push((s.col, cpu_use(&cost, run.tokens, None)));
             }
@@ -256,6 +269,36 @@ pub async fn run() {
         started.elapsed().as_secs_f64()
     );
     table.print();
+}
+
+/// How many times each column runs a timed part, taking turns with the others.
+const TURNS: usize = 3;
+
+/// Runs `phase` through every subject [`TURNS`] times, the columns taking turns (in an order that
+/// rotates), so that a noisy moment of the shared machine falls on every column alike rather than
+/// on whichever ran then; returns each column's runs merged and its costs summed.
+async fn interleaved<F, Fut>(
+    subjects: &[Subject],
+    redis: &Redis,
+    phase: F,
+) -> Vec<(Col, Latency, Cost)>
+where
+    F: Fn(&Subject) -> Fut,
+    Fut: Future<Output = Latency>,
+{
+    let mut merged: Vec<(Col, Latency, Cost)> = subjects
+        .iter()
+        .map(|s| (s.col, Latency::default(), Cost::default()))
+        .collect();
+    for turn in 0..TURNS {
+        for i in 0..subjects.len() {
+            let i = (i + turn) % subjects.len();
+            let (run, cost) = costed(&subjects[i], Some(redis), phase(&subjects[i])).await;
+            merged[i].1.merge(run);
+            merged[i].2.add(&cost);
+        }
+    }
+    merged
 }
 
 fn cpu_use(cost: &Cost, tokens: usize, wall: Option<Duration>) -> CpuUse {
