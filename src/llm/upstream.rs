@@ -2,9 +2,10 @@
 //! the first event, the mapping of HTTP failures onto our error codes, and the upstream's SSE
 //! decoded with an idle timeout and handed, event by event, to the provider's [`Decoder`].
 
-use std::time::Duration;
+use std::{future::Future, task::Poll, time::Duration};
 
 use async_stream::stream;
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use secrecy::SecretString;
@@ -284,17 +285,7 @@ impl Upstream {
         &self,
         response: Response,
     ) -> impl Stream<Item = Result<Received, StreamError>> + Send + use<> {
-        let idle = self.idle_timeout;
-        let bytes =
-            futures_util::stream::unfold(Some(response.bytes_stream()), move |body| async move {
-                let mut body = body?;
-                match tokio::time::timeout(idle, body.next()).await {
-                    Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
-                    Ok(Some(Err(error))) => Some((Err(ReadError::Transport(error)), None)),
-                    Ok(None) => None,
-                    Err(_) => Some((Err(ReadError::Idle), None)),
-                }
-            });
+        let bytes = idle_limited(response.bytes_stream(), self.idle_timeout);
         SseByteStream::new(utf8_guard::guard(bytes))
             .map_err(|error| {
                 let idle = matches!(&error, sse_stream::Error::Body(inner) if matches!(inner.downcast_ref(), Some(ReadError::Idle)));
@@ -313,6 +304,37 @@ impl Upstream {
                 })
             })
     }
+}
+
+/// The body's chunks, ended with [`ReadError::Idle`] when none comes for `idle`. One timer for
+/// the whole body, moved on in place at each chunk (a cheap atomic step while it is pending), not a
+/// timer made and unregistered per chunk.
+fn idle_limited(
+    body: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    idle: Duration,
+) -> impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static {
+    let mut body = Box::pin(body);
+    let mut timer = Box::pin(tokio::time::sleep(idle));
+    let mut done = false;
+    futures_util::stream::poll_fn(move |cx| {
+        if done {
+            return Poll::Ready(None);
+        }
+        let next = match body.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                timer.as_mut().reset(Instant::now() + idle);
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            Poll::Ready(Some(Err(error))) => Some(Err(ReadError::Transport(error))),
+            Poll::Ready(None) => None,
+            Poll::Pending => match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Some(Err(ReadError::Idle)),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        done = true;
+        Poll::Ready(next)
+    })
 }
 
 /// Maps an HTTP failure status onto our error codes.

@@ -105,6 +105,19 @@ async fn a_silent_upstream_times_out_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn the_idle_timeout_counts_from_the_last_chunk_not_the_first() {
+    // Each gap is well inside the idle timeout; the whole answer is three times longer than it.
+    let app = spawn_app_with(|c| c.upstream_idle_timeout_secs = 0.4).await;
+    app.mock
+        .always(Reply::sse(openai::answer(&["t"; 12], 100 * MS)));
+
+    let answer = app.stream("hi").await;
+
+    assert_eq!(answer.tokens().len(), 12, "{}", answer.body);
+    assert!(answer.ended_with_done(), "{}", answer.body);
+}
+
+#[tokio::test]
 async fn an_answer_that_outlasts_the_stream_budget_times_out() {
     let app = spawn_app_with(|c| c.stream_timeout_secs = 0.6).await;
     app.mock
