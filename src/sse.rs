@@ -80,7 +80,11 @@ fn json(value: &impl Serialize) -> String {
 
 /// The SSE frame of one record of an answer's log.
 pub fn frame(stream_id: &str, record: &Record) -> sse::Event {
-    let data = sse::Data::new(record.data.clone()).id(format!("{stream_id}:{}", record.n));
+    let mut id = String::with_capacity(stream_id.len() + 21);
+    id.push_str(stream_id);
+    id.push(':');
+    id.push_str(itoa::Buffer::new().format(record.n));
+    let data = sse::Data::new(record.data.clone()).id(id);
     match record.kind {
         Kind::Opening => data.event(OPENING_EVENT).into(),
         Kind::Message | Kind::End => data.into(),

@@ -338,7 +338,13 @@ pub fn new_stream_id() -> String {
         // No secure randomness at all is not a state to serve from.
         std::process::abort();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for b in bytes {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    id
 }
 
 /// Whether `text` has the shape of an id [`new_stream_id`] makes (stream and conversation ids).
