@@ -11,7 +11,7 @@ use crate::{
     hold::{self, Memory},
     mock::Mock,
     nginx::Nginx,
-    phases::{self, Latency},
+    phases::{self, Merge},
     redis::Redis,
     relay::Relay,
     rows::CpuUse,
@@ -160,7 +160,8 @@ pub async fn run() {
 
     let mut table = Table::default();
     if part("latency") {
-        let runs = interleaved(&subjects, &redis, |s| phases::latency(s.target, 20, 5, 30))
+        let all: Vec<&Subject> = subjects.iter().collect();
+        let runs = interleaved(&all, &redis, |s| phases::latency(s.target, 20, 5, 30))
             .await
             .into_iter()
             .map(|(col, run, _)| (col, run))
@@ -171,10 +172,9 @@ pub async fn run() {
         const STREAMS: usize = 100;
         let (mut runs, mut cpu, mut redis_cpu) = (Vec::new(), Vec::new(), None);
         let mut commands = None;
-        let measured = interleaved(&subjects, &redis, |s| {
-            phases::latency(s.target, STREAMS, 2, 100)
-        })
-        .await;
+        let all: Vec<&Subject> = subjects.iter().collect();
+        let measured =
+            interleaved(&all, &redis, |s| phases::latency(s.target, STREAMS, 2, 100)).await;
         for (s, (_, run, cost)) in subjects.iter().zip(measured) {
             if s.pid.is_some() {
                 cpu.push((s.col, cpu_use(&cost, run.tokens, None)));
@@ -197,8 +197,9 @@ pub async fn run() {
     }
     if part("saturated") {
         let (mut cpu, mut redis_cpu, mut commands) = (Vec::new(), None, None);
-        for s in subjects.iter().filter(|s| s.pid.is_some()) {
-            let (run, cost) = costed(s, Some(&redis), phases::saturated(s.target)).await;
+        let relaying: Vec<&Subject> = subjects.iter().filter(|s| s.pid.is_some()).collect();
+        let measured = interleaved(&relaying, &redis, |s| phases::saturated(s.target)).await;
+        for (s, (_, run, cost)) in relaying.iter().zip(measured) {
             if run.failed > 0 {
                 table.notes.push(format!(
                     "{} saturated streams ({:?}) did not get every token",
@@ -277,23 +278,24 @@ const TURNS: usize = 3;
 /// Runs `phase` through every subject [`TURNS`] times, the columns taking turns (in an order that
 /// rotates), so that a noisy moment of the shared machine falls on every column alike rather than
 /// on whichever ran then; returns each column's runs merged and its costs summed.
-async fn interleaved<F, Fut>(
-    subjects: &[Subject],
+async fn interleaved<T, F, Fut>(
+    subjects: &[&Subject],
     redis: &Redis,
     phase: F,
-) -> Vec<(Col, Latency, Cost)>
+) -> Vec<(Col, T, Cost)>
 where
+    T: Merge,
     F: Fn(&Subject) -> Fut,
-    Fut: Future<Output = Latency>,
+    Fut: Future<Output = T>,
 {
-    let mut merged: Vec<(Col, Latency, Cost)> = subjects
+    let mut merged: Vec<(Col, T, Cost)> = subjects
         .iter()
-        .map(|s| (s.col, Latency::default(), Cost::default()))
+        .map(|s| (s.col, T::default(), Cost::default()))
         .collect();
     for turn in 0..TURNS {
         for i in 0..subjects.len() {
             let i = (i + turn) % subjects.len();
-            let (run, cost) = costed(&subjects[i], Some(redis), phase(&subjects[i])).await;
+            let (run, cost) = costed(subjects[i], Some(redis), phase(subjects[i])).await;
             merged[i].1.merge(run);
             merged[i].2.add(&cost);
         }
