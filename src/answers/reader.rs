@@ -70,7 +70,7 @@ fn new_reader(answers: &Answers, id: &str) -> (u64, Presence) {
 enum Step {
     /// Records to send, in the reader's batch.
     Records,
-    /// Another reader took over.
+    /// Who reads the answer changed: perhaps a newer reader took over.
     Superseded,
     /// Nothing sent for a while.
     Quiet,
