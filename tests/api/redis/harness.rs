@@ -97,11 +97,23 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The same server through its unix socket (it listens on both).
+    pub fn unix_url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    fn socket(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("llm-stream-test-redis-{}.sock", self.port))
+    }
+
     /// Starts the server on its port and waits for PONG (and seeds the probe client); the error
     /// when it exited instead (its port taken).
     async fn run(&mut self) -> Result<(), String> {
         let mut child = Command::new(redis_binary())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--unixsocket")
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", &std::env::temp_dir().to_string_lossy()])
             .stdin(Stdio::null())
@@ -184,6 +196,7 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_file(self.socket());
     }
 
     /// Starts it again, empty, on the same port.

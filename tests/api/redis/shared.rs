@@ -1,9 +1,13 @@
 //! Two instances in this process sharing one Redis: an answer resumed on the other, the limits
-//! held across both, a cancel that reaches the producer; and one instance on Redis doing the basics.
+//! held across both (also when one reaches Redis through its unix socket), a cancel that reaches the
+//! producer; and one instance on Redis doing the basics.
 
 use std::time::{Duration, Instant};
 
-use super::harness::{RedisServer, instance, limits_of, pair, stream_url};
+use llm_stream::config::Config;
+use secrecy::SecretString;
+
+use super::harness::{RedisServer, assert_refused, instance, limits_of, pair, stream_url};
 use crate::{
     helpers::{Answer, CLIENT, DEADLINE, SseReader},
     mock_upstream::{End, MockUpstream, Reply, openai},
@@ -136,6 +140,32 @@ async fn with_a_burst_of_two_the_third_stream_is_refused_whichever_instance_gets
         assert!(view["reset_secs"].as_u64() > Some(30), "{view}");
     }
     assert_eq!(shared.mock.request_count(), 2);
+}
+
+#[tokio::test]
+async fn an_instance_on_redis_unix_socket_shares_the_limits_of_one_on_tcp() {
+    let redis = RedisServer::start().await;
+    let mock = MockUpstream::start().await;
+    mock.always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+    let burst_of_one = |c: &mut Config| {
+        c.rate_limit_per_minute = 1;
+        c.rate_limit_burst = Some(1);
+    };
+    let unix = redis.unix_url();
+    let a = instance(&redis, &mock, |c| {
+        burst_of_one(c);
+        c.redis_url = Some(SecretString::from(unix));
+    })
+    .await;
+    let b = instance(&redis, &mock, burst_of_one).await;
+
+    let first = SseReader::get(stream_url(&a.address, "hi"), &[])
+        .await
+        .read_to_end()
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_refused(&b.address, "hi", 429, "rate_limited").await;
+    assert_eq!(mock.request_count(), 1);
 }
 
 #[tokio::test]
