@@ -18,6 +18,8 @@
     reason = "a benchmark fails loudly on anything unexpected"
 )]
 
+#[path = "../../tests/api/certs.rs"]
+mod certs;
 mod chunked;
 mod client;
 mod hold;

@@ -17,7 +17,7 @@ use crate::{
     rows::CpuUse,
     server::{Launch, Server, cpu_of},
     table::{Col, Table},
-    tls::Certs,
+    tls::{self, Certs},
 };
 
 /// One column: where its streams go and whose CPU they cost.
@@ -259,7 +259,7 @@ pub async fn run() {
     }
     if part("https") {
         let certs = Certs::make();
-        let tls_mock = Mock::start(Some(certs.acceptor())).await;
+        let tls_mock = Mock::start(Some(tls::acceptor(&certs))).await;
         table.memory(
             "resident memory per held stream, HTTPS upstream (1 token/s)",
             &held_https(&tls_mock, &certs).await,

@@ -6,6 +6,7 @@
 )]
 
 mod browser;
+mod certs;
 mod config;
 mod conversations;
 mod fetch_metadata;

@@ -16,6 +16,7 @@ use tokio::{
 };
 
 use crate::{
+    certs::Certs,
     helpers::{CLIENT, DEADLINE, SseReader, TestApp, spawn_with_config},
     mock_upstream::MockUpstream,
     nginx::harness::TempDir,
@@ -69,14 +70,26 @@ fn redis_binary() -> &'static str {
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// Also TLS on this port, with this certificate (`rediss://`).
+    tls: Option<(u16, Certs)>,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_with(|| None).await
+    }
+
+    /// One that also serves TLS (`rediss://`), on a certificate of a throw-away authority.
+    pub async fn start_tls() -> Self {
+        Self::start_with(|| Some((free_port(), Certs::make()))).await
+    }
+
+    async fn start_with(tls: impl Fn() -> Option<(u16, Certs)>) -> Self {
         for _ in 0..5 {
             let mut server = Self {
                 child: None,
                 port: free_port(),
+                tls: tls(),
             };
             if server.run().await.is_ok() {
                 return server;
@@ -90,7 +103,14 @@ impl RedisServer {
         Self {
             child: None,
             port: free_port(),
+            tls: None,
         }
+    }
+
+    /// The TLS port's URL, and the authority a client must trust for it.
+    pub fn tls_url(&self) -> (String, &Path) {
+        let (port, certs) = self.tls.as_ref().expect("a server started with start_tls");
+        (format!("rediss://127.0.0.1:{port}"), &certs.authority)
     }
 
     pub fn url(&self) -> String {
@@ -114,6 +134,20 @@ impl RedisServer {
             .arg("--unixsocket")
             .arg(self.socket())
             .args(["--unixsocketperm", "700"])
+            .args(self.tls.iter().flat_map(|(port, certs)| {
+                [
+                    "--tls-port".into(),
+                    port.to_string().into(),
+                    "--tls-cert-file".into(),
+                    certs.cert.clone().into_os_string(),
+                    "--tls-key-file".into(),
+                    certs.key.clone().into_os_string(),
+                    "--tls-ca-cert-file".into(),
+                    certs.authority.clone().into_os_string(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]
+            }))
             .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", &std::env::temp_dir().to_string_lossy()])
             .stdin(Stdio::null())
@@ -314,6 +348,16 @@ impl Process {
     /// Starts the binary on `mock` and `redis`, with these extra flags, and waits until it serves
     /// (not until it reaches Redis: see [`Process::wait_redis_up`]).
     pub async fn start(redis: &RedisServer, mock: &MockUpstream, extra: &[&str]) -> Self {
+        Self::start_on(&redis.url(), &[], mock, extra).await
+    }
+
+    /// Starts the binary on the Redis at `redis_url`, with this extra environment.
+    pub async fn start_on(
+        redis_url: &str,
+        env: &[(&str, &Path)],
+        mock: &MockUpstream,
+        extra: &[&str],
+    ) -> Self {
         for _ in 0..5 {
             let dir = TempDir::new();
             let port = free_port();
@@ -324,7 +368,8 @@ impl Process {
                 .current_dir(&dir.0)
                 .args(["--listen-addr", &format!("127.0.0.1:{port}")])
                 .args(["--llm-provider", "openai", "--llm-base-url", &mock.url()])
-                .args(["--llm-api-key", "sk-test", "--redis-url", &redis.url()])
+                .args(["--llm-api-key", "sk-test", "--redis-url", redis_url])
+                .envs(env.iter().copied())
                 // Defaults, as the environment: a flag in `extra` overrides them.
                 .env("RATE_LIMIT_PER_MINUTE", "0")
                 .env("SHUTDOWN_GRACE_SECS", "1")

@@ -1,13 +1,13 @@
 //! Two instances in this process sharing one Redis: an answer resumed on the other, the limits
-//! held across both (also when one reaches Redis through its unix socket), a cancel that reaches the
-//! producer; and one instance on Redis doing the basics.
+//! held across both (also when one reaches Redis through its unix socket or over TLS), a cancel
+//! that reaches the producer; and one instance on Redis doing the basics.
 
 use std::time::{Duration, Instant};
 
 use llm_stream::config::Config;
 use secrecy::SecretString;
 
-use super::harness::{RedisServer, assert_refused, instance, limits_of, pair, stream_url};
+use super::harness::{Process, RedisServer, assert_refused, instance, limits_of, pair, stream_url};
 use crate::{
     helpers::{Answer, CLIENT, DEADLINE, SseReader},
     mock_upstream::{End, MockUpstream, Reply, openai},
@@ -158,6 +158,36 @@ async fn an_instance_on_redis_unix_socket_shares_the_limits_of_one_on_tcp() {
     })
     .await;
     let b = instance(&redis, &mock, burst_of_one).await;
+
+    let first = SseReader::get(stream_url(&a.address, "hi"), &[])
+        .await
+        .read_to_end()
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_refused(&b.address, "hi", 429, "rate_limited").await;
+    assert_eq!(mock.request_count(), 1);
+}
+
+#[tokio::test]
+async fn an_instance_on_rediss_shares_the_limits_of_one_on_tcp() {
+    let redis = RedisServer::start_tls().await;
+    let mock = MockUpstream::start().await;
+    mock.always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+    let (url, authority) = redis.tls_url();
+    // The real binary, so that it trusts the test's authority (SSL_CERT_FILE) alone.
+    let a = Process::start_on(
+        &url,
+        &[("SSL_CERT_FILE", authority)],
+        &mock,
+        &["--rate-limit-per-minute", "1", "--rate-limit-burst", "1"],
+    )
+    .await;
+    a.wait_redis_up(true, DEADLINE).await;
+    let b = instance(&redis, &mock, |c| {
+        c.rate_limit_per_minute = 1;
+        c.rate_limit_burst = Some(1);
+    })
+    .await;
 
     let first = SseReader::get(stream_url(&a.address, "hi"), &[])
         .await
