@@ -142,15 +142,27 @@ async fn with_a_burst_of_two_the_third_stream_is_refused_whichever_instance_gets
     assert_eq!(shared.mock.request_count(), 2);
 }
 
+/// With a burst of one shared through Redis: a question on `a` is answered, the next on `b` refused.
+async fn assert_one_budget(a: &str, b: &str, mock: &MockUpstream) {
+    mock.always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+    let first = SseReader::get(stream_url(a, "hi"), &[])
+        .await
+        .read_to_end()
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_refused(b, "hi", 429, "rate_limited").await;
+    assert_eq!(mock.request_count(), 1);
+}
+
+fn burst_of_one(c: &mut Config) {
+    c.rate_limit_per_minute = 1;
+    c.rate_limit_burst = Some(1);
+}
+
 #[tokio::test]
 async fn an_instance_on_redis_unix_socket_shares_the_limits_of_one_on_tcp() {
     let redis = RedisServer::start().await;
     let mock = MockUpstream::start().await;
-    mock.always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
-    let burst_of_one = |c: &mut Config| {
-        c.rate_limit_per_minute = 1;
-        c.rate_limit_burst = Some(1);
-    };
     let unix = redis.unix_url();
     let a = instance(&redis, &mock, |c| {
         burst_of_one(c);
@@ -159,20 +171,13 @@ async fn an_instance_on_redis_unix_socket_shares_the_limits_of_one_on_tcp() {
     .await;
     let b = instance(&redis, &mock, burst_of_one).await;
 
-    let first = SseReader::get(stream_url(&a.address, "hi"), &[])
-        .await
-        .read_to_end()
-        .await;
-    assert_eq!(first.status, 200, "{}", first.body);
-    assert_refused(&b.address, "hi", 429, "rate_limited").await;
-    assert_eq!(mock.request_count(), 1);
+    assert_one_budget(&a.address, &b.address, &mock).await;
 }
 
 #[tokio::test]
 async fn an_instance_on_rediss_shares_the_limits_of_one_on_tcp() {
     let redis = RedisServer::start_tls().await;
     let mock = MockUpstream::start().await;
-    mock.always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
     let (url, authority) = redis.tls_url();
     // The real binary, so that it trusts the test's authority (SSL_CERT_FILE) alone.
     let a = Process::start_on(
@@ -183,19 +188,9 @@ async fn an_instance_on_rediss_shares_the_limits_of_one_on_tcp() {
     )
     .await;
     a.wait_redis_up(true, DEADLINE).await;
-    let b = instance(&redis, &mock, |c| {
-        c.rate_limit_per_minute = 1;
-        c.rate_limit_burst = Some(1);
-    })
-    .await;
+    let b = instance(&redis, &mock, burst_of_one).await;
 
-    let first = SseReader::get(stream_url(&a.address, "hi"), &[])
-        .await
-        .read_to_end()
-        .await;
-    assert_eq!(first.status, 200, "{}", first.body);
-    assert_refused(&b.address, "hi", 429, "rate_limited").await;
-    assert_eq!(mock.request_count(), 1);
+    assert_one_budget(&a.address, &b.address, &mock).await;
 }
 
 #[tokio::test]
