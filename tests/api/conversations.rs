@@ -6,7 +6,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{Answer, CLIENT, DEADLINE, SseReader, TestApp, spawn_app_with, spawn_demo_app_with},
+    helpers::{
+        Answer, CLIENT, DEADLINE, SseReader, TestApp, eventually, spawn_app_with,
+        spawn_demo_app_with,
+    },
     mock_upstream::{Reply, anthropic, openai},
     providers::spawn_anthropic_with,
 };
@@ -230,11 +233,12 @@ async fn an_unknown_or_expired_conversation_starts_afresh_with_a_new_id() {
     assert_eq!(opening(&fresh)["turn"], 1);
     assert_eq!(conversation_view(&app, unknown).await.status(), 404);
 
-    let until = tokio::time::Instant::now() + DEADLINE;
-    while conversation_view(&app, &id).await.status() != 404 {
-        assert!(tokio::time::Instant::now() < until, "expired after its TTL");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the conversation to expire after its TTL",
+        DEADLINE,
+        || async { conversation_view(&app, &id).await.status() == 404 },
+    )
+    .await;
     let later = ask(&app, "again", Some(&id)).await;
     assert_ne!(conversation_of(&later), id);
     assert_eq!(opening(&later)["turn"], 1);

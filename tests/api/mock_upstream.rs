@@ -351,10 +351,17 @@ pub mod openai {
 
     /// A whole answer: the tokens `gap` apart, then finish, usage and [DONE].
     pub fn answer(tokens: &[&str], gap: Duration) -> Vec<Step> {
+        paced(tokens, |_| gap)
+    }
+
+    /// The tokens, token `i` after a wait of `wait(i)` (none when zero), then finish, usage and
+    /// `[DONE]`.
+    pub fn paced(tokens: &[&str], wait: impl Fn(usize) -> Duration) -> Vec<Step> {
         let mut steps = Vec::new();
-        for t in tokens {
-            if !gap.is_zero() {
-                steps.push(Step::Sleep(gap));
+        for (i, t) in tokens.iter().enumerate() {
+            let wait = wait(i);
+            if !wait.is_zero() {
+                steps.push(Step::Sleep(wait));
             }
             steps.push(token(t));
         }

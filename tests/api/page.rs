@@ -79,21 +79,10 @@ const TOKENS: [&str; 20] = [
 
 /// The tokens 100–150 ms apart after a pause of `first`, then finish, usage and `[DONE]`.
 fn slow_answer(tokens: &[&str], first: Duration) -> Vec<Step> {
-    let mut steps = vec![Step::Sleep(first)];
-    for (i, token) in tokens.iter().enumerate() {
-        if i > 0 {
-            steps.push(Step::Sleep(Duration::from_millis(
-                100 + 50 * (i as u64 % 2),
-            )));
-        }
-        steps.push(openai::token(token));
-    }
-    steps.extend([
-        openai::finish("stop"),
-        openai::usage(9, tokens.len() as u64),
-        openai::done(),
-    ]);
-    steps
+    openai::paced(tokens, |i| match i {
+        0 => first,
+        _ => Duration::from_millis(100 + 50 * (i as u64 % 2)),
+    })
 }
 
 async fn open_page(app: &TestApp) -> Browser {
@@ -245,21 +234,11 @@ fn answer_with_pause(
     pause_after: usize,
     pause: Duration,
 ) -> Vec<Step> {
-    let mut steps = Vec::new();
-    for (i, token) in tokens.iter().enumerate() {
-        if i == pause_after {
-            steps.push(Step::Sleep(pause));
-        } else if i > 0 {
-            steps.push(Step::Sleep(gap));
-        }
-        steps.push(openai::token(token));
-    }
-    steps.extend([
-        openai::finish("stop"),
-        openai::usage(9, tokens.len() as u64),
-        openai::done(),
-    ]);
-    steps
+    openai::paced(tokens, |i| match i {
+        _ if i == pause_after => pause,
+        0 => Duration::ZERO,
+        _ => gap,
+    })
 }
 
 /// Splits text into pieces of about `size` characters, as a model's tokens would come.

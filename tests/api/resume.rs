@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    helpers::{CLIENT, DEADLINE, SseReader, TestApp, spawn_app_with},
+    helpers::{CLIENT, DEADLINE, SseReader, TestApp, eventually, spawn_app_with},
     mock_upstream::{Reply, openai},
 };
 
@@ -154,18 +154,15 @@ async fn a_finished_answer_is_forgotten_after_its_retention() {
 
     let kept = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &first)]).await;
     assert_eq!(kept.status, 200, "resumable within the retention");
-    let until = Instant::now() + DEADLINE;
-    loop {
-        let later = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &first)]).await;
-        if later.status == 204 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "still resumable long after the retention"
-        );
-        tokio::time::sleep(100 * MS).await;
-    }
+    eventually(
+        "the answer to be forgotten after its retention",
+        DEADLINE,
+        || async {
+            let later = SseReader::get(app.stream_url("hi"), &[("Last-Event-ID", &first)]).await;
+            later.status == 204
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::helpers::eventually;
 
 const Q1: &str = "What is Rust?";
 const A1: &str = "Rust is a **systems programming language** focused on:\n\n\
@@ -326,11 +327,12 @@ async fn an_expired_conversation_starts_afresh_and_the_page_says_so() {
     wait_for_turns_done(&browser, 1).await;
     let old = saved_conversation(&browser).await;
     let old = old.as_str().expect("a conversation id").to_owned();
-    let until = tokio::time::Instant::now() + DEADLINE;
-    while app.get(&format!("/api/conversations/{old}")).await.status() != 404 {
-        assert!(tokio::time::Instant::now() < until, "expired after its TTL");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the conversation to expire after its TTL",
+        DEADLINE,
+        || async { app.get(&format!("/api/conversations/{old}")).await.status() == 404 },
+    )
+    .await;
 
     // Act
     browser.js("window.__said = [];").await;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::harness::{pair, stream_url};
 use crate::{
-    helpers::{CLIENT, SseReader},
+    helpers::{CLIENT, SseReader, eventually},
     mock_upstream::{Reply, openai},
 };
 
@@ -35,8 +35,7 @@ async fn a_follow_up_on_the_other_instance_sees_the_history() {
         .unwrap()
         .to_owned();
     // The turn is filed as the answer ends, in the background: ask for it until it is there.
-    let until = tokio::time::Instant::now() + crate::helpers::DEADLINE;
-    loop {
+    eventually("B to see the turn", crate::helpers::DEADLINE, || async {
         let view: Value = CLIENT
             .get(format!("{}/api/conversations/{id}", pair.b.address))
             .send()
@@ -45,15 +44,9 @@ async fn a_follow_up_on_the_other_instance_sees_the_history() {
             .json()
             .await
             .unwrap();
-        if view["turns"].as_array().is_some_and(|t| t.len() == 1) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "B sees the turn: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        view["turns"].as_array().is_some_and(|t| t.len() == 1)
+    })
+    .await;
     let second = SseReader::get(
         with_conversation(&pair.b.address, "Its population?", &id),
         &[],

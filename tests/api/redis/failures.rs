@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::harness::{Process, RedisServer, eventually, stream_url};
+use super::harness::{Process, RedisServer, stream_url};
+use crate::helpers::eventually;
 use crate::{
     helpers::{DEADLINE, SseReader},
     mock_upstream::{End, MockUpstream, Reply, openai},

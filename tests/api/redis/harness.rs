@@ -17,7 +17,7 @@ use tokio::{
 
 use crate::{
     certs::Certs,
-    helpers::{CLIENT, DEADLINE, SseReader, TestApp, spawn_with_config},
+    helpers::{CLIENT, DEADLINE, SseReader, TestApp, eventually, spawn_with_config},
     mock_upstream::MockUpstream,
     nginx::harness::TempDir,
 };
@@ -25,22 +25,6 @@ use crate::{
 /// A client no test is: a slot leased to it for ever in Redis, so that an instance reporting it
 /// through `/api/limits` is reading Redis (a readiness check that spends nothing, per instance).
 const PROBE_CLIENT: &str = "198.51.100.77";
-
-/// Waits until `check` holds, polling every 20 ms; panics with `what` after `deadline`.
-pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let until = Instant::now() + deadline;
-    while !check().await {
-        assert!(
-            Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A free loopback port: bound, read back and released. Another process may take it in between;
 /// the starters below then try again with another.

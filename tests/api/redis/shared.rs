@@ -206,7 +206,7 @@ async fn one_stream_per_client_holds_across_instances_and_frees_when_the_stream_
 
     let rest = running.read_to_end().await;
     assert!(rest.ended_with_done(), "{}", rest.body);
-    super::harness::eventually("A's slot to be released in Redis", DEADLINE, || async {
+    crate::helpers::eventually("A's slot to be released in Redis", DEADLINE, || async {
         limits_of(b, None).await["streams_open"].as_u64() == Some(0)
     })
     .await;
