@@ -11,10 +11,11 @@
 //! stream leaves) and `metrics` (what `GET /metrics` shows).
 
 pub mod answers;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod fetch_metadata;
-pub mod limits;
+pub mod id;
 pub mod llm;
 pub mod metrics;
 pub mod query;

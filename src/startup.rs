@@ -1,7 +1,7 @@
 //! Builds the application for both `main` and the tests: the listener, every route, the
 //! middleware order and the shared state, in one place.
 
-use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, io, net::SocketAddr, time::Duration};
 
 use actix_cors::Cors;
 use actix_files::Files;
@@ -16,14 +16,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    answers::Answers,
-    config::Config,
-    error::Refusal,
-    fetch_metadata,
-    limits::{self, Limits},
-    llm::Provider,
-    request_id, routes,
-    store::Store,
+    answers::Answers, config::Config, error::Refusal, fetch_metadata, llm::Provider, request_id,
+    routes, store::Store,
 };
 
 pub struct Application {
@@ -32,7 +26,7 @@ pub struct Application {
     /// Fires when the shutdown grace has run out: every running answer ends with `server_shutdown`.
     shutdown: CancellationToken,
     grace: Duration,
-    limits: Data<Limits>,
+    store: Data<Store>,
     /// `/metrics` on its own listener, when METRICS_ADDR asks for one.
     metrics_server: Option<(Server, SocketAddr)>,
 }
@@ -57,9 +51,8 @@ impl Application {
         let metrics_on_main = metrics_listener.is_none();
         let metrics = Data::new(crate::metrics::handle());
         let provider = Data::new(Provider::from_config(&config).map_err(io::Error::other)?);
-        let limits = Data::from(Arc::new(Limits::new(&config)));
         let shutdown = CancellationToken::new();
-        let (store, mut signals) = Store::new(&config, limits.clone().into_inner());
+        let (store, mut signals) = Store::new(&config);
         let store = Data::new(store);
         let answers = Answers::new(&config, store.clone().into_inner(), shutdown.clone());
         let signalled = answers.clone();
@@ -73,16 +66,15 @@ impl Application {
         let config = Data::new(config);
 
         let metrics_server = match metrics_listener {
-            Some(listener) => Some(metrics_server(listener, metrics.clone(), limits.clone())?),
+            Some(listener) => Some(metrics_server(listener, metrics.clone(), store.clone())?),
             None => None,
         };
-        let app_limits = limits.clone();
+        let app_store = store.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(config.clone())
                 .app_data(provider.clone())
-                .app_data(app_limits.clone())
-                .app_data(store.clone())
+                .app_data(app_store.clone())
                 .app_data(answers.clone())
                 .app_data(metrics.clone())
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
@@ -110,7 +102,7 @@ impl Application {
                 })
                 .service(
                     web::resource("/api/stream")
-                        .wrap(middleware::from_fn(limits::rate_limit_headers))
+                        .wrap(middleware::from_fn(routes::stream::rate_limit_headers))
                         .wrap(cors(&config))
                         // Outermost: a request made by another site's page is refused before
                         // CORS, the rate limiter or the handler spend anything on it.
@@ -156,7 +148,7 @@ impl Application {
             address,
             shutdown,
             grace,
-            limits,
+            store,
             metrics_server,
         })
     }
@@ -174,9 +166,9 @@ impl Application {
         self.metrics_server.as_ref().map(|(_, address)| *address)
     }
 
-    /// The limits, for tests and metrics to look at.
-    pub fn limits(&self) -> Data<Limits> {
-        self.limits.clone()
+    /// The store, for tests to look at.
+    pub fn store(&self) -> Data<Store> {
+        self.store.clone()
     }
 
     /// Serves until `stop` resolves; then stops accepting, lets running streams finish for the
@@ -188,7 +180,7 @@ impl Application {
             let handle = server.handle();
             (handle, tokio::spawn(server))
         });
-        let cleanup = tokio::spawn(forget_idle_clients(self.limits));
+        let cleanup = tokio::spawn(forget_idle_clients(self.store.clone()));
         let upkeep = tokio::spawn(metrics_upkeep(crate::metrics::handle()));
         stop.await;
         tracing::info!(
@@ -229,13 +221,13 @@ fn bind(setting: &str, address: &str) -> io::Result<std::net::TcpListener> {
 fn metrics_server(
     listener: std::net::TcpListener,
     metrics: Data<PrometheusHandle>,
-    limits: Data<Limits>,
+    store: Data<Store>,
 ) -> io::Result<(Server, SocketAddr)> {
     let address = listener.local_addr()?;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(metrics.clone())
-            .app_data(limits.clone())
+            .app_data(store.clone())
             .route("/metrics", web::get().to(routes::metrics::metrics))
             .default_service(web::route().to(routes::not_found))
     })
@@ -290,11 +282,11 @@ fn cors(config: &Config) -> Cors {
 }
 
 /// Keeps the rate limiter's memory bounded by forgetting clients whose budget is full again.
-async fn forget_idle_clients(limits: Data<Limits>) {
-    let mut tick = tokio::time::interval(limits::CLEANUP_INTERVAL);
+async fn forget_idle_clients(store: Data<Store>) {
+    let mut tick = tokio::time::interval(crate::store::local::CLEANUP_INTERVAL);
     loop {
         tick.tick().await;
-        let remembered = limits.forget_idle_clients();
+        let remembered = store.local_limits().forget_idle_clients();
         tracing::debug!(remembered, "forgot idle rate-limit clients");
     }
 }

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::log::{Kind, Log};
 use crate::{
+    client::ClientId,
     config::Config,
-    limits::ClientId,
     llm::EventStream,
     store::{Signal, Slot, Store},
     telemetry::StreamReport,
@@ -328,28 +328,6 @@ impl Answers {
             }
         }
     }
-}
-
-/// A stream id: 128 bits from the operating system's secure generator, as 32 hex digits. Whoever
-/// holds it can read and stop the answer, so it must not be guessable.
-pub fn new_stream_id() -> String {
-    let mut bytes = [0_u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No secure randomness at all is not a state to serve from.
-        std::process::abort();
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(32);
-    for b in bytes {
-        id.push(char::from(HEX[usize::from(b >> 4)]));
-        id.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    id
-}
-
-/// Whether `text` has the shape of an id [`new_stream_id`] makes (stream and conversation ids).
-pub fn is_id(text: &str) -> bool {
-    text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A reader's own id, to tell readers of one answer apart (not a secret).

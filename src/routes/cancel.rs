@@ -16,7 +16,7 @@ pub async fn cancel(
         return Err(Refusal::CrossSite).inspect_err(crate::metrics::refused);
     }
     let id = id.into_inner();
-    if crate::answers::is_id(&id) && answers.cancel(&id).await {
+    if crate::id::is_valid(&id) && answers.cancel(&id).await {
         crate::metrics::cancelled();
         Ok(HttpResponse::NoContent().finish())
     } else {

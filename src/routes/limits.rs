@@ -3,7 +3,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::{config::Config, limits::ClientId, store::Store};
+use crate::{client::ClientId, config::Config, store::Store};
 
 pub async fn limits(
     request: HttpRequest,

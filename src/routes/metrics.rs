@@ -3,13 +3,10 @@
 use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::limits::Limits;
+use crate::store::Store;
 
-pub async fn metrics(
-    handle: web::Data<PrometheusHandle>,
-    limits: web::Data<Limits>,
-) -> HttpResponse {
-    crate::metrics::streams_open(limits.streams_open());
+pub async fn metrics(handle: web::Data<PrometheusHandle>, store: web::Data<Store>) -> HttpResponse {
+    crate::metrics::streams_open(store.streams_open_here());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(handle.render())

@@ -2,20 +2,27 @@
 //! and answer with its first reader as SSE. With `Last-Event-ID` (or `last_event_id=`), the rest of
 //! an answer already started instead, or `204` when there is none to send.
 
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, Responder, web};
+use actix_web::{
+    Error, HttpMessage, HttpRequest, HttpResponse, Responder,
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    http::header::{HeaderName, HeaderValue},
+    middleware::Next,
+    web,
+};
 use actix_web_lab::sse::{self, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
 
 use crate::{
-    answers::{Answers, Resume, new_stream_id},
+    answers::{Answers, Resume},
+    client::ClientId,
     config::Config,
     error::Refusal,
-    limits::{ClientId, Decided},
     llm::{Provider, window},
     request_id::RequestId,
     sse::parse_event_id,
-    store::{Conversation, Store},
+    store::{Budget, Conversation, Store},
     telemetry::StreamReport,
 };
 
@@ -51,7 +58,7 @@ pub async fn stream(
     let question =
         validate(params.q, config.max_query_chars as usize).inspect_err(crate::metrics::refused)?;
     let client = ClientId::of(&request, &config);
-    let stream_id = new_stream_id();
+    let stream_id = crate::id::new();
     // Before admission, so that a busy conversation spends no budget.
     let (conversation, turn, history) = match store
         .begin_turn(params.conversation.as_deref(), &stream_id)
@@ -154,4 +161,38 @@ fn validate(question: Option<String>, max_chars: usize) -> Result<String, Refusa
         ));
     }
     Ok(question)
+}
+
+/// The budget a handler decided on, for [`rate_limit_headers`] to show.
+#[derive(Clone, Copy)]
+struct Decided(Option<Budget>);
+
+/// Middleware around `/api/stream`: adds the `RateLimit-*` headers to every answer, with the budget
+/// the handler's admission left, or the client's budget now when it decided none (a resume, a
+/// question refused for its form).
+pub async fn rate_limit_headers(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let store = request.app_data::<web::Data<Store>>().cloned();
+    let config = request.app_data::<web::Data<Config>>().cloned();
+    let client = config.map(|config| ClientId::of(request.request(), &config));
+    let mut response = next.call(request).await?.map_into_boxed_body();
+    let decided = response.request().extensions().get::<Decided>().copied();
+    let budget = match (decided, store, client) {
+        (Some(Decided(budget)), _, _) => budget,
+        (None, Some(store), Some(client)) => store.budget(client).await,
+        _ => None,
+    };
+    if let Some(budget) = budget {
+        let headers = response.headers_mut();
+        for (name, value) in [
+            ("ratelimit-limit", u64::from(budget.limit)),
+            ("ratelimit-remaining", u64::from(budget.remaining)),
+            ("ratelimit-reset", budget.reset_secs),
+        ] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        }
+    }
+    Ok(response)
 }

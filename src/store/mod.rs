@@ -2,22 +2,27 @@
 //! signals between instances (cancel, a new reader). In this process by default; on Redis with
 //! REDIS_URL, falling back to this process's own limits and logs while Redis is away.
 
+pub mod admission;
 mod conversations;
+pub mod local;
 pub mod log;
 mod redis;
 mod scripts;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::mpsc;
 
-use crate::{
-    config::Config,
-    error::Refusal,
-    limits::{Budget, ClientId, Limits, LimitsView, StreamSlot},
-    llm::Turn,
-};
+use crate::{client::ClientId, config::Config, llm::Turn};
+pub use admission::{Budget, LimitsView, Refused};
 use conversations::{Begun, Conversations};
+use local::{Limits, StreamSlot};
 pub use redis::Follow;
 use redis::{Lease, Redis};
 
@@ -32,21 +37,33 @@ pub enum Signal {
     Left { id: String, reader: u64 },
 }
 
-/// An open stream's place, local or leased from Redis: released when dropped.
-pub enum Slot {
-    Local(StreamSlot),
-    Lease(Lease),
+/// An open stream's place, released when dropped: leased from Redis, or taken in this process (and,
+/// with REDIS_URL, registered as a lease to take in Redis as soon as it answers again).
+pub struct Slot {
+    _local: Option<StreamSlot>,
+    _lease: Option<Lease>,
+    _open: OpenHere,
+}
+
+/// One stream open on this instance, whatever kind of slot it holds.
+struct OpenHere(Arc<AtomicU32>);
+
+impl OpenHere {
+    fn new(count: &Arc<AtomicU32>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for OpenHere {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A stream admitted: its slot, and the client's budget after it (for the `RateLimit-*` headers).
 pub struct Admitted {
     pub slot: Slot,
-    pub budget: Option<Budget>,
-}
-
-/// A stream refused, and the client's budget (nothing was spent).
-pub struct Refused {
-    pub refusal: Refusal,
     pub budget: Option<Budget>,
 }
 
@@ -65,7 +82,9 @@ pub enum Conversation {
 }
 
 pub struct Store {
-    limits: Arc<Limits>,
+    limits: Limits,
+    /// Streams open on this instance.
+    open_here: Arc<AtomicU32>,
     redis: Option<Redis>,
     conversations: Conversations,
     /// How long a conversation stays marked busy if its answer's end is never recorded.
@@ -76,14 +95,15 @@ pub struct Store {
 
 impl Store {
     /// The store, and the signals other instances send (none without Redis).
-    pub fn new(config: &Config, limits: Arc<Limits>) -> (Self, mpsc::UnboundedReceiver<Signal>) {
+    pub fn new(config: &Config) -> (Self, mpsc::UnboundedReceiver<Signal>) {
         let (signals_tx, signals) = mpsc::unbounded_channel();
         let redis = config
             .redis_url
             .as_ref()
             .and_then(|url| Redis::start(url, config, signals_tx));
         let store = Self {
-            limits,
+            limits: Limits::new(config),
+            open_here: Arc::default(),
             redis,
             // Conversations in this process get as many bytes as answers kept for resuming.
             conversations: Conversations::new(
@@ -104,17 +124,39 @@ impl Store {
             && let Some(admission) = redis.admit(client).await
         {
             return admission.map(|(lease, budget)| Admitted {
-                slot: Slot::Lease(lease),
+                slot: self.slot(None, Some(lease)),
                 budget,
             });
         }
-        self.limits
+        let (local, budget) = self
+            .limits
             .admit(client)
-            .map(|(slot, budget)| Admitted {
-                slot: Slot::Local(slot),
-                budget,
-            })
-            .map_err(|(refusal, budget)| Refused { refusal, budget })
+            .map_err(|(refusal, budget)| Refused { refusal, budget })?;
+        // Taken while Redis is away: leased there as soon as it is back, so that the shared caps
+        // count this stream again at once.
+        let lease = self.redis.as_ref().map(|redis| redis.pending_lease(client));
+        Ok(Admitted {
+            slot: self.slot(Some(local), lease),
+            budget,
+        })
+    }
+
+    fn slot(&self, local: Option<StreamSlot>, lease: Option<Lease>) -> Slot {
+        Slot {
+            _local: local,
+            _lease: lease,
+            _open: OpenHere::new(&self.open_here),
+        }
+    }
+
+    /// Streams open on this instance, whatever kind of slot they hold.
+    pub fn streams_open_here(&self) -> u32 {
+        self.open_here.load(Ordering::Relaxed)
+    }
+
+    /// This process's own limits (the rate limiter's memory, for its cleanup).
+    pub fn local_limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The client's budget now, spending nothing.
@@ -174,7 +216,7 @@ impl Store {
     /// Begins `stream`'s turn in conversation `asked` (a new conversation when it is `None`,
     /// malformed, unknown or expired), marking the conversation busy until [`Store::end_turn`].
     pub async fn begin_turn(&self, asked: Option<&str>, stream: &str) -> Conversation {
-        let asked = asked.filter(|id| crate::answers::is_id(id));
+        let asked = asked.filter(|id| crate::id::is_valid(id));
         if let Some(id) = asked {
             match self.begin(id, stream, false).await {
                 Begun::Ready(history) => {
@@ -188,7 +230,7 @@ impl Store {
                 Begun::Unknown => {}
             }
         }
-        let id = crate::answers::new_stream_id();
+        let id = crate::id::new();
         self.begin(&id, stream, true).await;
         Conversation::Ready {
             id,

@@ -7,7 +7,7 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use llm_stream::{config::Config, limits::Limits, startup::Application};
+use llm_stream::{config::Config, startup::Application, store::Store};
 use tokio::sync::oneshot;
 
 use crate::mock_upstream::MockUpstream;
@@ -33,7 +33,7 @@ pub struct TestApp {
     pub address: String,
     pub port: u16,
     pub mock: MockUpstream,
-    pub limits: actix_web::web::Data<Limits>,
+    pub store: actix_web::web::Data<Store>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -97,7 +97,7 @@ pub async fn spawn_with_config(config: Config, mock: MockUpstream) -> TestApp {
         .await
         .expect("build the application");
     let port = app.port();
-    let limits = app.limits();
+    let store = app.store();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -106,7 +106,7 @@ pub async fn spawn_with_config(config: Config, mock: MockUpstream) -> TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
         mock,
-        limits,
+        store,
         stop: Some(stop),
         server: Some(server),
     }

@@ -167,11 +167,11 @@ async fn one_stream_too_many_from_a_client_is_refused_and_slots_come_back_when_s
 
 async fn wait_for_open_streams(app: &TestApp, n: u32) {
     let until = tokio::time::Instant::now() + DEADLINE;
-    while app.limits.streams_open() != n {
+    while app.store.streams_open_here() != n {
         assert!(
             tokio::time::Instant::now() < until,
             "open streams stayed at {} instead of {n}",
-            app.limits.streams_open()
+            app.store.streams_open_here()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -415,7 +415,7 @@ async fn the_limiters_memory_stays_bounded_under_many_distinct_clients() {
     assert!(statuses.iter().all(|s| *s == 400));
     // Every identity was remembered while its budget refilled; the server's own minute-by-minute
     // cleanup may already have forgotten the earliest ones on a slow machine, never the latest.
-    let remembered = app.limits.tracked_clients();
+    let remembered = app.store.local_limits().tracked_clients();
     assert!(
         (1_000..=CLIENTS as usize).contains(&remembered),
         "{remembered} clients tracked"
@@ -423,13 +423,13 @@ async fn the_limiters_memory_stays_bounded_under_many_distinct_clients() {
 
     // Once their budgets are full again, cleanup forgets them.
     let until = tokio::time::Instant::now() + DEADLINE;
-    while app.limits.forget_idle_clients() > 0 {
+    while app.store.local_limits().forget_idle_clients() > 0 {
         assert!(
             tokio::time::Instant::now() < until,
             "{} clients still remembered",
-            app.limits.tracked_clients()
+            app.store.local_limits().tracked_clients()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(app.limits.tracked_clients(), 0);
+    assert_eq!(app.store.local_limits().tracked_clients(), 0);
 }

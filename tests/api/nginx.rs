@@ -383,7 +383,7 @@ async fn two_app_instances_behind_the_upstream_block_both_serve_streams() {
         .expect("a token on the second stream");
 
     assert_eq!(
-        (one.limits.streams_open(), two.limits.streams_open()),
+        (one.store.streams_open_here(), two.store.streams_open_here()),
         (1, 1),
         "each instance should hold one of the two open streams"
     );

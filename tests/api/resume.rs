@@ -183,7 +183,7 @@ async fn a_dropped_answer_goes_on_for_the_grace_then_its_upstream_is_closed() {
         closed < Duration::from_secs(3),
         "closed {closed:?} after the drop"
     );
-    assert_eq!(app.limits.streams_open(), 0, "its slot is free again");
+    assert_eq!(app.store.streams_open_here(), 0, "its slot is free again");
 }
 
 #[tokio::test]
@@ -300,7 +300,11 @@ async fn a_resume_spends_no_rate_budget_and_keeps_the_streams_slot() {
         rest.status, 200,
         "no budget left, no free slot, and still resumed"
     );
-    assert_eq!(app.limits.streams_open(), 1, "one slot for the one answer");
+    assert_eq!(
+        app.store.streams_open_here(),
+        1,
+        "one slot for the one answer"
+    );
     assert!(rest.read_to_end().await.ended_with_done());
 }
 

@@ -9,10 +9,13 @@ use std::sync::LazyLock;
 
 use super::Redis;
 use crate::{
+    client::ClientId,
     config::Config,
     error::Refusal,
-    limits::{Budget, ClientId},
-    store::{Refused, scripts},
+    store::{
+        admission::{Budget, Refused},
+        scripts,
+    },
 };
 
 /// How long a slot outlives its instance's last renewal.
@@ -101,7 +104,7 @@ impl Redis {
         client: ClientId,
     ) -> Option<Result<(Lease, Option<Budget>), Refused>> {
         let settings = &self.0.admission;
-        let id = crate::answers::new_stream_id();
+        let id = crate::id::new();
         let mut manager = self.manager();
         let mut invocation = ADMIT.key(rate_key(client));
         invocation
@@ -118,19 +121,7 @@ impl Redis {
             .await?;
         let budget = settings.budget(remaining);
         let refusal = match outcome.as_str() {
-            "ok" => {
-                self.0
-                    .leases
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id.clone(), client);
-                let lease = Lease {
-                    id,
-                    client,
-                    redis: self.clone(),
-                };
-                return Some(Ok((lease, budget)));
-            }
+            "ok" => return Some(Ok((self.lease(id, client), budget))),
             "rate_limited" => Refusal::RateLimited {
                 retry_after: Duration::from_millis(wait_ms),
             },
@@ -146,6 +137,25 @@ impl Redis {
         };
         crate::metrics::refused(&refusal);
         Some(Err(Refused { refusal, budget }))
+    }
+
+    /// A lease for a stream admitted in this process while Redis could not say: it is taken in
+    /// Redis at the next renewal, which runs as soon as Redis is back.
+    pub fn pending_lease(&self, client: ClientId) -> Lease {
+        self.lease(crate::id::new(), client)
+    }
+
+    fn lease(&self, id: String, client: ClientId) -> Lease {
+        self.0
+            .leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), client);
+        Lease {
+            id,
+            client,
+            redis: self.clone(),
+        }
     }
 
     /// The client's budget and open streams, spending nothing; `None` when Redis cannot say.

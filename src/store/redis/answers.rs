@@ -18,7 +18,7 @@ use ::redis::{
 
 use super::{BACKGROUND_LIMIT, Redis};
 use crate::{
-    limits::ClientId,
+    client::ClientId,
     store::{
         Signal,
         log::{Kind, Log, Record},

@@ -71,7 +71,7 @@ impl Redis {
                 return None;
             }
         };
-        let instance = crate::answers::new_stream_id();
+        let instance = crate::id::new();
         let own = instance.clone();
         let request_limit = Duration::from_millis(config.redis_timeout_ms);
         let push = move |info: PushInfo| {

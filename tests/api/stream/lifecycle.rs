@@ -57,7 +57,7 @@ async fn an_upstream_that_streams_without_end_cannot_grow_an_answer_without_boun
     );
     app.mock
         .wait_until("the slot to be free", DEADLINE, |_| {
-            app.limits.streams_open() == 0
+            app.store.streams_open_here() == 0
         })
         .await;
     let answer = SseReader::from_response(response).read_to_end().await;

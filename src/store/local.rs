@@ -1,22 +1,13 @@
-//! Who the client is (trusted proxies, IPv6 /64 grouping), how many streams it may start (a keyed
-//! GCRA rate limiter from `governor`), and how many it may hold open (stream slots).
+//! This process's own admission: the question rate (a keyed GCRA limiter from `governor`) and the
+//! stream slots. It decides alone without REDIS_URL, and while Redis is away.
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv6Addr},
     num::NonZeroU32,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
-use actix_web::{
-    Error, HttpMessage, HttpRequest,
-    body::MessageBody,
-    dev::{ServiceRequest, ServiceResponse},
-    http::header::{HeaderName, HeaderValue},
-    middleware::Next,
-    web,
-};
 use governor::{
     Quota, RateLimiter,
     clock::{Clock, DefaultClock, Reference},
@@ -28,63 +19,8 @@ use governor::{
     },
 };
 
-use crate::{config::Config, error::Refusal};
-
-/// A client as the limits see it: one IPv4 address, or one IPv6 /64 (a subscriber commonly holds a whole /64).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientId(IpAddr);
-
-impl std::fmt::Display for ClientId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            IpAddr::V6(ip) => write!(f, "{ip}/64"),
-            IpAddr::V4(ip) => write!(f, "{ip}"),
-        }
-    }
-}
-
-impl ClientId {
-    fn from_ip(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self(IpAddr::V4(v4)),
-                None => {
-                    let prefix = u128::from(v6) & !((1_u128 << 64) - 1);
-                    Self(IpAddr::V6(Ipv6Addr::from(prefix)))
-                }
-            },
-            v4 => Self(v4),
-        }
-    }
-
-    /// The TCP peer, unless the peer is a trusted proxy: then `X-Real-IP`, else the rightmost
-    /// `X-Forwarded-For` address that is not itself a trusted proxy. Nobody else can choose who they are.
-    pub fn of(request: &HttpRequest, config: &Config) -> Self {
-        let Some(peer) = request.peer_addr().map(|addr| addr.ip()) else {
-            return Self::from_ip(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        };
-        if !config.is_trusted_proxy(peer) {
-            return Self::from_ip(peer);
-        }
-        let headers = request.headers();
-        let real_ip = headers
-            .get("x-real-ip")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok());
-        let forwarded = || {
-            headers
-                .get_all("x-forwarded-for")
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .find(|ip| !config.is_trusted_proxy(*ip))
-        };
-        Self::from_ip(real_ip.or_else(forwarded).unwrap_or(peer))
-    }
-}
+use super::admission::{Budget, LimitsView};
+use crate::{client::ClientId, config::Config, error::Refusal};
 
 type Store = DashMapStateStore<ClientId>;
 
@@ -131,15 +67,6 @@ impl ShrinkableKeyedStateStore<ClientId> for SharedStore {
     fn is_empty(&self) -> bool {
         ShrinkableKeyedStateStore::is_empty(&*self.0)
     }
-}
-
-/// A client's budget at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
-    pub limit: u32,
-    pub remaining: u32,
-    /// Seconds until the budget is full again.
-    pub reset_secs: u64,
 }
 
 impl Rate {
@@ -243,17 +170,6 @@ impl Drop for StreamSlot {
     }
 }
 
-/// What `/api/limits` tells a client about itself.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct LimitsView {
-    pub limit: u32,
-    pub remaining: u32,
-    pub reset_secs: u64,
-    pub streams_open: u32,
-    pub max_streams_per_client: u32,
-    pub max_query_chars: u32,
-}
-
 /// How often idle clients are forgotten, so the limiter's memory stays bounded.
 pub const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -313,14 +229,6 @@ impl Limits {
         self.rate.as_ref().map(|rate| rate.peek(client))
     }
 
-    /// Streams open in all.
-    pub fn streams_open(&self) -> u32 {
-        self.open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .total
-    }
-
     pub fn view(&self, client: ClientId, config: &Config) -> LimitsView {
         let budget = self.rate.as_ref().map(|rate| rate.peek(client));
         let streams_open = self
@@ -369,40 +277,4 @@ fn rate_limited(rate: &Rate, wait: Duration) -> (Refusal, Option<Budget>) {
         ..budget
     };
     (refusal, Some(budget))
-}
-
-/// The budget a handler decided on, for [`rate_limit_headers`] to show.
-#[derive(Clone, Copy)]
-pub struct Decided(pub Option<Budget>);
-
-/// Middleware around `/api/stream`: adds the `RateLimit-*` headers to every answer, with the budget
-/// the handler's admission left, or the client's budget now when it decided none (a resume, a
-/// question refused for its form).
-pub async fn rate_limit_headers(
-    request: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let store = request
-        .app_data::<web::Data<crate::store::Store>>()
-        .cloned();
-    let config = request.app_data::<web::Data<Config>>().cloned();
-    let client = config.map(|config| ClientId::of(request.request(), &config));
-    let mut response = next.call(request).await?.map_into_boxed_body();
-    let decided = response.request().extensions().get::<Decided>().copied();
-    let budget = match (decided, store, client) {
-        (Some(Decided(budget)), _, _) => budget,
-        (None, Some(store), Some(client)) => store.budget(client).await,
-        _ => None,
-    };
-    if let Some(budget) = budget {
-        let headers = response.headers_mut();
-        for (name, value) in [
-            ("ratelimit-limit", u64::from(budget.limit)),
-            ("ratelimit-remaining", u64::from(budget.remaining)),
-            ("ratelimit-reset", budget.reset_secs),
-        ] {
-            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
-        }
-    }
-    Ok(response)
 }
