@@ -1,9 +1,10 @@
 //! Configuration: every setting is a flag and an environment variable of the same name, parsed and
-//! validated once at start-up. Derived values are methods, so no caller repeats the arithmetic.
+//! validated once at start-up. Times are `Duration`s as parsed; derived values are methods, so no caller
+//! repeats the arithmetic.
 
 use std::{net::IpAddr, process::ExitCode, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use ipnet::IpNet;
 use reqwest::Url;
 use secrecy::SecretString;
@@ -92,28 +93,28 @@ pub struct Config {
     pub max_query_chars: u32,
 
     /// The whole answer's time budget, in seconds.
-    #[arg(long, env = "STREAM_TIMEOUT_SECS", default_value_t = 60.0, value_parser = parse_secs)]
-    pub stream_timeout_secs: f64,
+    #[arg(long = "stream-timeout-secs", env = "STREAM_TIMEOUT_SECS", value_name = "STREAM_TIMEOUT_SECS", default_value = "60", value_parser = parse_secs)]
+    pub stream_timeout: Duration,
 
     /// Time allowed to connect to the upstream, in seconds.
-    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT_SECS", default_value_t = 10.0, value_parser = parse_secs)]
-    pub upstream_connect_timeout_secs: f64,
+    #[arg(long = "upstream-connect-timeout-secs", env = "UPSTREAM_CONNECT_TIMEOUT_SECS", value_name = "UPSTREAM_CONNECT_TIMEOUT_SECS", default_value = "10", value_parser = parse_secs)]
+    pub upstream_connect_timeout: Duration,
 
     /// No byte from the upstream for this long ends the stream, in seconds.
-    #[arg(long, env = "UPSTREAM_IDLE_TIMEOUT_SECS", default_value_t = 30.0, value_parser = parse_secs)]
-    pub upstream_idle_timeout_secs: f64,
+    #[arg(long = "upstream-idle-timeout-secs", env = "UPSTREAM_IDLE_TIMEOUT_SECS", value_name = "UPSTREAM_IDLE_TIMEOUT_SECS", default_value = "30", value_parser = parse_secs)]
+    pub upstream_idle_timeout: Duration,
 
     /// Seconds between keep-alive comments while nothing else is sent (15: under nginx's default 60 s read timeout).
-    #[arg(long, env = "KEEPALIVE_SECS", default_value_t = 15.0, value_parser = parse_secs)]
-    pub keepalive_secs: f64,
+    #[arg(long = "keepalive-secs", env = "KEEPALIVE_SECS", value_name = "KEEPALIVE_SECS", default_value = "15", value_parser = parse_secs)]
+    pub keepalive: Duration,
 
     /// On SIGTERM/SIGINT, seconds that running streams may take to finish.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30.0, value_parser = parse_secs_or_zero)]
-    pub shutdown_grace_secs: f64,
+    #[arg(long = "shutdown-grace-secs", env = "SHUTDOWN_GRACE_SECS", value_name = "SHUTDOWN_GRACE_SECS", default_value = "30", value_parser = parse_secs_or_zero)]
+    pub shutdown_grace: Duration,
 
     /// Milliseconds between the demo model's tokens.
-    #[arg(long, env = "DEMO_TOKEN_MS", default_value_t = 30)]
-    pub demo_token_ms: u64,
+    #[arg(long = "demo-token-ms", env = "DEMO_TOKEN_MS", value_name = "DEMO_TOKEN_MS", default_value = "30", value_parser = millis(0, 60_000))]
+    pub demo_token_interval: Duration,
 
     /// New streams one client may start per minute (0 turns rate limiting off).
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 10)]
@@ -152,24 +153,24 @@ pub struct Config {
     pub metrics_addr: Option<String>,
 
     /// Milliseconds an EventSource waits before it reconnects (the `retry:` that opens each stream).
-    #[arg(long, env = "RESUME_RETRY_MS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=600_000))]
-    pub resume_retry_ms: u32,
+    #[arg(long = "resume-retry-ms", env = "RESUME_RETRY_MS", value_name = "RESUME_RETRY_MS", default_value = "1000", value_parser = millis(1, 600_000))]
+    pub resume_retry: Duration,
 
     /// Seconds a finished answer stays resumable.
-    #[arg(long, env = "RESUME_RETENTION_SECS", default_value_t = 300.0, value_parser = parse_secs)]
-    pub resume_retention_secs: f64,
+    #[arg(long = "resume-retention-secs", env = "RESUME_RETENTION_SECS", value_name = "RESUME_RETENTION_SECS", default_value = "300", value_parser = parse_secs)]
+    pub resume_retention: Duration,
 
     /// Seconds a running answer goes on with nobody reading it, so that a reconnect finds it (0: stop at once).
-    #[arg(long, env = "RESUME_GRACE_SECS", default_value_t = 10.0, value_parser = parse_secs_or_zero)]
-    pub resume_grace_secs: f64,
+    #[arg(long = "resume-grace-secs", env = "RESUME_GRACE_SECS", value_name = "RESUME_GRACE_SECS", default_value = "10", value_parser = parse_secs_or_zero)]
+    pub resume_grace: Duration,
 
     /// Bytes of answers this process keeps for resuming; the oldest finished answers go first.
     #[arg(long, env = "RESUME_MAX_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub resume_max_bytes: u64,
 
     /// Seconds a conversation is kept after its last turn.
-    #[arg(long, env = "CONVERSATION_TTL_SECS", default_value_t = 1800.0, value_parser = parse_secs)]
-    pub conversation_ttl_secs: f64,
+    #[arg(long = "conversation-ttl-secs", env = "CONVERSATION_TTL_SECS", value_name = "CONVERSATION_TTL_SECS", default_value = "1800", value_parser = parse_secs)]
+    pub conversation_ttl: Duration,
 
     /// Most earlier turns a conversation keeps.
     #[arg(long, env = "CONVERSATION_MAX_TURNS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -184,8 +185,8 @@ pub struct Config {
     pub redis_url: Option<SecretString>,
 
     /// Milliseconds a request waits on Redis before it goes on without it (this process's own limits and answers).
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
-    pub redis_timeout_ms: u64,
+    #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", value_name = "REDIS_TIMEOUT_MS", default_value = "100", value_parser = millis(10, 10_000))]
+    pub redis_timeout: Duration,
 }
 
 /// Why start-up stopped before the server ran.
@@ -226,12 +227,32 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let config = Self::try_parse_from(args).map_err(|error| match error.kind() {
+        Self::parse_with(Self::command(), args)
+    }
+
+    /// Parses and validates the given arguments alone, as if the environment were empty: what a
+    /// test configures is then all it tests, whatever the shell that runs it exports.
+    pub fn from_args_only<I, T>(args: I) -> Result<Self, ConfigExit>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::parse_with(Self::command().mut_args(|arg| arg.env(None)), args)
+    }
+
+    fn parse_with<I, T>(command: clap::Command, args: I) -> Result<Self, ConfigExit>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let invalid = |error: clap::Error| match error.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                 ConfigExit::Info(error)
             }
             _ => ConfigExit::Invalid(first_line(&error.render().to_string())),
-        })?;
+        };
+        let matches = command.try_get_matches_from(args).map_err(invalid)?;
+        let config = Self::from_arg_matches(&matches).map_err(invalid)?;
         config.validate().map_err(ConfigExit::Invalid)?;
         Ok(config)
     }
@@ -280,46 +301,6 @@ impl Config {
             _ => "gpt-4o-mini",
         };
         self.llm_model.clone().unwrap_or_else(|| default.to_owned())
-    }
-
-    pub fn stream_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.stream_timeout_secs)
-    }
-
-    pub fn upstream_connect_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.upstream_connect_timeout_secs)
-    }
-
-    pub fn upstream_idle_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.upstream_idle_timeout_secs)
-    }
-
-    pub fn keepalive(&self) -> Duration {
-        Duration::from_secs_f64(self.keepalive_secs)
-    }
-
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.shutdown_grace_secs)
-    }
-
-    pub fn resume_retry(&self) -> Duration {
-        Duration::from_millis(u64::from(self.resume_retry_ms))
-    }
-
-    pub fn resume_retention(&self) -> Duration {
-        Duration::from_secs_f64(self.resume_retention_secs)
-    }
-
-    pub fn resume_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.resume_grace_secs)
-    }
-
-    pub fn conversation_ttl(&self) -> Duration {
-        Duration::from_secs_f64(self.conversation_ttl_secs)
-    }
-
-    pub fn demo_token_interval(&self) -> Duration {
-        Duration::from_millis(self.demo_token_ms)
     }
 
     /// The burst in force: the explicit one, else the per-minute figure.
@@ -381,17 +362,27 @@ fn parse_temperature(text: &str) -> Result<f32, String> {
     }
 }
 
-fn parse_secs(text: &str) -> Result<f64, String> {
+fn parse_secs(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
-        Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(s),
+        Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
         _ => Err("must be a number of seconds above 0 and at most 86400".into()),
     }
 }
 
-fn parse_secs_or_zero(text: &str) -> Result<f64, String> {
+fn parse_secs_or_zero(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
-        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(s),
+        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
         _ => Err("must be a number of seconds from 0 to 86400".into()),
+    }
+}
+
+/// A whole number of milliseconds from `min` to `max`, as a `Duration`.
+fn millis(min: u64, max: u64) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |text| match text.parse::<u64>() {
+        Ok(ms) if (min..=max).contains(&ms) => Ok(Duration::from_millis(ms)),
+        _ => Err(format!(
+            "must be a whole number of milliseconds from {min} to {max}"
+        )),
     }
 }
 

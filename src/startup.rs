@@ -62,7 +62,7 @@ impl Application {
             }
         });
         let answers = Data::new(answers);
-        let grace = config.shutdown_grace();
+        let grace = config.shutdown_grace;
         let config = Data::new(config);
 
         let metrics_server = match metrics_listener {

@@ -115,13 +115,13 @@ impl Answers {
             registry,
             store,
             settings: Settings {
-                retention: config.resume_retention(),
-                grace: config.resume_grace(),
+                retention: config.resume_retention,
+                grace: config.resume_grace,
                 max_bytes: usize::try_from(config.resume_max_bytes).unwrap_or(usize::MAX),
                 max_answer_bytes: usize::try_from(config.resume_max_bytes / 16)
                     .unwrap_or(usize::MAX),
-                keepalive: config.keepalive(),
-                budget: config.stream_timeout(),
+                keepalive: config.keepalive,
+                budget: config.stream_timeout,
             },
             shutdown,
         }

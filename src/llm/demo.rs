@@ -14,7 +14,7 @@ pub struct Demo {
 impl Demo {
     pub fn new(config: &Config) -> Self {
         Self {
-            token_interval: config.demo_token_interval(),
+            token_interval: config.demo_token_interval,
         }
     }
 

@@ -129,13 +129,13 @@ enum ReadError {
 impl Upstream {
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
-            .connect_timeout(config.upstream_connect_timeout())
+            .connect_timeout(config.upstream_connect_timeout)
             .user_agent(concat!("llm-stream/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
             client,
-            idle_timeout: config.upstream_idle_timeout(),
-            budget: config.stream_timeout(),
+            idle_timeout: config.upstream_idle_timeout,
+            budget: config.stream_timeout,
             retries: config.llm_retries,
         })
     }

@@ -130,7 +130,7 @@ fn respond(
     reader: impl Stream<Item = sse::Event> + 'static,
 ) -> HttpResponse {
     Sse::from_infallible_stream(reader)
-        .with_retry_duration(config.resume_retry())
+        .with_retry_duration(config.resume_retry)
         .customize()
         .insert_header(("X-Accel-Buffering", "no"))
         .respond_to(request)

@@ -107,13 +107,13 @@ impl Store {
             redis,
             // Conversations in this process get as many bytes as answers kept for resuming.
             conversations: Conversations::new(
-                config.conversation_ttl(),
+                config.conversation_ttl,
                 config.conversation_max_turns as usize,
                 usize::try_from(config.resume_max_bytes).unwrap_or(usize::MAX),
             ),
-            busy_for: config.stream_timeout() + config.resume_grace() + Duration::from_secs(10),
+            busy_for: config.stream_timeout + config.resume_grace + Duration::from_secs(10),
             max_turns: config.conversation_max_turns as usize,
-            conversation_ttl: config.conversation_ttl(),
+            conversation_ttl: config.conversation_ttl,
         };
         (store, signals)
     }

@@ -49,7 +49,7 @@ fn a_bad_setting_stops_start_up_with_one_line_that_names_it() {
 #[test]
 fn a_listen_address_may_name_a_host_or_any_interface() {
     for address in ["localhost:4001", "0.0.0.0:4001", "[::]:4001", "[::1]:0"] {
-        let parsed = llm_stream::config::Config::from_args([
+        let parsed = llm_stream::config::Config::from_args_only([
             "llm-stream",
             "--llm-provider",
             "demo",

@@ -122,7 +122,7 @@ async fn a_follow_up_sends_the_earlier_turns_in_order_to_anthropic() {
 
 #[tokio::test]
 async fn a_stopped_answer_is_stored_as_the_text_the_person_saw() {
-    let app = spawn_app_with(|c| c.resume_grace_secs = 30.0).await;
+    let app = spawn_app_with(|c| c.resume_grace = std::time::Duration::from_secs_f64(30.0)).await;
     app.mock.always(Reply::sse(openai::answer(
         &["one ", "two ", "three ", "four ", "five "],
         Duration::from_millis(300),
@@ -222,7 +222,8 @@ async fn a_question_longer_than_the_character_limit_still_goes_alone() {
 
 #[tokio::test]
 async fn an_unknown_or_expired_conversation_starts_afresh_with_a_new_id() {
-    let app = spawn_app_with(|c| c.conversation_ttl_secs = 0.3).await;
+    let app =
+        spawn_app_with(|c| c.conversation_ttl = std::time::Duration::from_secs_f64(0.3)).await;
     app.mock
         .always(Reply::sse(openai::answer(&["x"], Duration::ZERO)));
     let unknown = "0123456789abcdef0123456789abcdef";

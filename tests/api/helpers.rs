@@ -85,7 +85,7 @@ pub fn test_config(extra: &[&str]) -> Config {
         "0",
     ];
     args.extend_from_slice(extra);
-    match Config::from_args(args) {
+    match Config::from_args_only(args) {
         Ok(config) => config,
         Err(error) => panic!("test configuration refused: {error:?}"),
     }

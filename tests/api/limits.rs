@@ -181,7 +181,7 @@ async fn wait_for_open_streams(app: &TestApp, n: u32) {
 async fn slots_are_released_however_a_stream_ends() {
     let app = spawn_app_with(|c| {
         c.max_streams_per_client = 1;
-        c.stream_timeout_secs = 0.5;
+        c.stream_timeout = std::time::Duration::from_secs_f64(0.5);
         // Each scripted reply answers exactly one question.
         c.llm_retries = 0;
     })

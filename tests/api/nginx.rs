@@ -301,7 +301,7 @@ async fn keep_alive_comments_hold_a_slow_stream_open_past_nginxs_read_timeout() 
     let read_timeout_1s = |app: &TestApp| {
         Site::plain(&[app]).replace("proxy_read_timeout 75s;", "proxy_read_timeout 1s;")
     };
-    let app = spawn_app_with(|c| c.keepalive_secs = 0.3).await;
+    let app = spawn_app_with(|c| c.keepalive = std::time::Duration::from_secs_f64(0.3)).await;
     app.mock.always(slow.clone());
     let nginx = Nginx::start(read_timeout_1s(&app)).await;
 
@@ -316,7 +316,7 @@ async fn keep_alive_comments_hold_a_slow_stream_open_past_nginxs_read_timeout() 
     );
 
     // Control: without keep-alives inside the timeout, nginx cuts the same stream.
-    let quiet = spawn_app_with(|c| c.keepalive_secs = 30.0).await;
+    let quiet = spawn_app_with(|c| c.keepalive = std::time::Duration::from_secs_f64(30.0)).await;
     quiet.mock.always(slow);
     let nginx = Nginx::start(read_timeout_1s(&quiet)).await;
     let response = CLIENT

@@ -16,7 +16,7 @@ fn numbered(count: usize) -> Vec<String> {
 }
 
 async fn app_with_answer(count: usize, gap: Duration, grace: f64) -> (TestApp, String) {
-    let app = spawn_app_with(|c| c.resume_grace_secs = grace).await;
+    let app = spawn_app_with(|c| c.resume_grace = std::time::Duration::from_secs_f64(grace)).await;
     let tokens = numbered(count);
     let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
     app.mock.always(Reply::sse(openai::answer(&refs, gap)));
@@ -146,7 +146,8 @@ async fn a_resume_with_another_question_an_unknown_id_or_an_event_never_sent_is_
 
 #[tokio::test]
 async fn a_finished_answer_is_forgotten_after_its_retention() {
-    let app = spawn_app_with(|c| c.resume_retention_secs = 0.3).await;
+    let app =
+        spawn_app_with(|c| c.resume_retention = std::time::Duration::from_secs_f64(0.3)).await;
     app.mock
         .always(Reply::sse(openai::answer(&["a", "b", "c"], Duration::ZERO)));
     let answer = app.stream("hi").await;
@@ -283,7 +284,7 @@ async fn a_second_reader_ends_the_first_connection_so_nothing_is_read_twice() {
 #[tokio::test]
 async fn a_resume_spends_no_rate_budget_and_keeps_the_streams_slot() {
     let app = spawn_app_with(|c| {
-        c.resume_grace_secs = 5.0;
+        c.resume_grace = std::time::Duration::from_secs_f64(5.0);
         c.rate_limit_per_minute = 1;
         c.rate_limit_burst = Some(1);
         c.max_streams_per_client = 1;

@@ -73,7 +73,7 @@ impl Redis {
         };
         let instance = crate::id::new();
         let own = instance.clone();
-        let request_limit = Duration::from_millis(config.redis_timeout_ms);
+        let request_limit = config.redis_timeout;
         let push = move |info: PushInfo| {
             if let Some(signal) = parse_signal(&info, &own) {
                 let _ = signals.send(signal);
@@ -104,8 +104,8 @@ impl Redis {
             instance,
             admission: admission::Settings::new(config),
             leases: Mutex::default(),
-            retention: config.resume_retention(),
-            budget: config.stream_timeout(),
+            retention: config.resume_retention,
+            budget: config.stream_timeout,
         }));
         crate::metrics::redis_up(false);
         tokio::spawn(redis.clone().probe());

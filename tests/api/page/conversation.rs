@@ -219,7 +219,7 @@ async fn two_questions_stay_on_screen_as_turns_the_follow_up_carries_the_first_a
 async fn a_reload_keeps_the_turns_continues_the_running_answer_once_and_a_follow_up_sends_them_all()
 {
     // Arrange: the second answer runs ~3 s, long enough to reload in the middle.
-    let app = spawn_app_with(|c| c.resume_grace_secs = 10.0).await;
+    let app = spawn_app_with(|c| c.resume_grace = std::time::Duration::from_secs_f64(10.0)).await;
     let words: Vec<String> = (0..60).map(|i| format!("w{i} ")).collect();
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
     let a2 = words.concat();
@@ -309,7 +309,8 @@ async fn a_reload_keeps_the_turns_continues_the_running_answer_once_and_a_follow
 #[tokio::test]
 async fn an_expired_conversation_starts_afresh_and_the_page_says_so() {
     // Arrange: conversations forgotten half a second after their last turn.
-    let app = spawn_app_with(|c| c.conversation_ttl_secs = 0.5).await;
+    let app =
+        spawn_app_with(|c| c.conversation_ttl = std::time::Duration::from_secs_f64(0.5)).await;
     app.mock.then_reply(reply("First."));
     // Slow enough for the start to be said before the end.
     app.mock.always(Reply::sse(openai::answer(

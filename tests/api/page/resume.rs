@@ -152,7 +152,8 @@ async fn a_connection_cut_mid_answer_reconnects_and_the_answer_completes_exactly
 {
     // Arrange: the page through a proxy that can cut its connections.
     let (app, proxy, browser, tokens) =
-        counting_through_a_proxy(|c| c.resume_grace_secs = 10.0).await;
+        counting_through_a_proxy(|c| c.resume_grace = std::time::Duration::from_secs_f64(10.0))
+            .await;
 
     // Act
     proxy.cut();
@@ -196,8 +197,8 @@ async fn a_resume_the_server_refuses_keeps_the_partial_answer_and_explains() {
     // Arrange: no grace and a short retention, so the cut answer is cancelled and soon forgotten:
     // the EventSource's reconnection is answered 204.
     let (app, proxy, browser, tokens) = counting_through_a_proxy(|c| {
-        c.resume_grace_secs = 0.0;
-        c.resume_retention_secs = 0.05;
+        c.resume_grace = std::time::Duration::from_secs_f64(0.0);
+        c.resume_retention = std::time::Duration::from_secs_f64(0.05);
     })
     .await;
 
@@ -224,7 +225,7 @@ async fn a_resume_the_server_refuses_keeps_the_partial_answer_and_explains() {
 #[tokio::test]
 async fn a_reload_mid_answer_shows_the_question_and_continues_the_answer_without_asking_again() {
     // Arrange
-    let app = spawn_app_with(|c| c.resume_grace_secs = 10.0).await;
+    let app = spawn_app_with(|c| c.resume_grace = std::time::Duration::from_secs_f64(10.0)).await;
     let (tokens, reply) = numbered();
     app.mock.always(reply);
     let browser = open_page(&app).await;
@@ -288,7 +289,7 @@ async fn a_reload_mid_answer_shows_the_question_and_continues_the_answer_without
 #[tokio::test]
 async fn stop_and_escape_cancel_the_upstream_within_a_second_despite_a_long_grace() {
     // Arrange: a minute of grace, and an upstream that never ends by itself.
-    let app = spawn_app_with(|c| c.resume_grace_secs = 60.0).await;
+    let app = spawn_app_with(|c| c.resume_grace = std::time::Duration::from_secs_f64(60.0)).await;
     let steps: Vec<Step> = (0..100)
         .flat_map(|i| {
             [
@@ -377,7 +378,8 @@ async fn a_reload_whose_answer_cannot_be_continued_shows_the_question_and_forget
 async fn a_reconnect_that_brings_nothing_back_for_30_s_is_given_up_in_words() {
     // Arrange: a long grace, so only the silence decides.
     let (app, proxy, browser, tokens) =
-        counting_through_a_proxy(|c| c.resume_grace_secs = 120.0).await;
+        counting_through_a_proxy(|c| c.resume_grace = std::time::Duration::from_secs_f64(120.0))
+            .await;
 
     // Act: the connection drops and every reconnection hangs with nothing coming back.
     proxy.fall_silent();

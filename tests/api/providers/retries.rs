@@ -86,7 +86,7 @@ async fn a_retry_after_past_the_cap_is_not_waited_for() {
 
 #[tokio::test]
 async fn a_retry_wait_that_would_outlast_the_answers_budget_is_not_started() {
-    let app = spawn_app_with(|c| c.stream_timeout_secs = 1.5).await;
+    let app = spawn_app_with(|c| c.stream_timeout = std::time::Duration::from_secs_f64(1.5)).await;
     app.mock
         .always(Reply::status(429, "{}").header("Retry-After", "2"));
 
@@ -144,7 +144,7 @@ async fn an_error_inside_an_accepted_stream_is_not_retried() {
 
 #[tokio::test]
 async fn keep_alive_comments_flow_while_a_retry_waits() {
-    let app = spawn_app_with(|c| c.keepalive_secs = 0.2).await;
+    let app = spawn_app_with(|c| c.keepalive = std::time::Duration::from_secs_f64(0.2)).await;
     app.mock
         .then_reply(Reply::status(429, "{}").header("Retry-After", "1"));
     app.mock.always(answer(&["late"]));

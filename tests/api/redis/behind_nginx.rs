@@ -44,7 +44,9 @@ async fn through_nginx_a_clients_rate_limit_holds_across_both_instances() {
 async fn a_connection_cut_at_nginx_resumes_through_nginx() {
     let redis = RedisServer::start().await;
     let mock = MockUpstream::start().await;
-    let grace = |c: &mut llm_stream::config::Config| c.resume_grace_secs = 5.0;
+    let grace = |c: &mut llm_stream::config::Config| {
+        c.resume_grace = std::time::Duration::from_secs_f64(5.0)
+    };
     let one = instance(&redis, &mock, grace).await;
     let two = instance(&redis, &mock, grace).await;
     let tokens: Vec<String> = (0..20).map(|i| format!("t{i} ")).collect();

@@ -252,7 +252,7 @@ pub async fn instance(
     config.redis_url = Some(SecretString::from(redis.url()));
     // These machines are shared and noisy: a slow Redis reply must not make a test's instance
     // decide alone what the shared limits decide (the 100 ms default is for production).
-    config.redis_timeout_ms = 1000;
+    config.redis_timeout = std::time::Duration::from_millis(1000);
     adjust(&mut config);
     let app = spawn_with_config(config, mock.clone()).await;
     wait_shared(&app.address).await;

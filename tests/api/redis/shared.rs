@@ -66,7 +66,7 @@ fn assert_ids_follow_on(answer: &Answer, stream: &str, from: u64) {
 
 #[tokio::test]
 async fn a_stream_started_on_one_instance_and_dropped_is_resumed_on_the_other_exactly() {
-    let shared = pair(|c| c.resume_grace_secs = 5.0).await;
+    let shared = pair(|c| c.resume_grace = std::time::Duration::from_secs_f64(5.0)).await;
     let tokens = numbered(20);
     shared.mock.always(answer_of(&tokens, 50 * MS));
     let question = "what is a resume?";
@@ -238,7 +238,7 @@ async fn max_streams_holds_across_instances_for_every_client() {
 
 #[tokio::test]
 async fn a_cancel_sent_to_one_instance_stops_the_producer_on_the_other() {
-    let shared = pair(|c| c.resume_grace_secs = 30.0).await;
+    let shared = pair(|c| c.resume_grace = std::time::Duration::from_secs_f64(30.0)).await;
     hanging(&shared, 50, 100 * MS);
 
     let (on_a, stream) = opened(&shared.a.address, "stop me", 1).await;
@@ -277,7 +277,10 @@ async fn a_cancel_sent_to_one_instance_stops_the_producer_on_the_other() {
 async fn on_redis_one_instance_answers_and_resumes_as_without_it() {
     let redis = RedisServer::start().await;
     let mock = MockUpstream::start().await;
-    let app = instance(&redis, &mock, |c| c.resume_grace_secs = 5.0).await;
+    let app = instance(&redis, &mock, |c| {
+        c.resume_grace = std::time::Duration::from_secs_f64(5.0)
+    })
+    .await;
     let tokens = numbered(12);
     mock.always(answer_of(&tokens, 30 * MS));
 
@@ -337,7 +340,7 @@ async fn after_redis_restarts_a_cancel_still_reaches_the_producer_on_the_other_i
 
 #[tokio::test]
 async fn a_reader_resuming_on_one_instance_ends_the_older_connection_on_the_other() {
-    let shared = pair(|c| c.resume_grace_secs = 5.0).await;
+    let shared = pair(|c| c.resume_grace = std::time::Duration::from_secs_f64(5.0)).await;
     hanging(&shared, 100, 50 * MS);
     let (a, b) = (&shared.a.address, &shared.b.address);
 
@@ -370,7 +373,7 @@ async fn a_reader_resuming_on_one_instance_ends_the_older_connection_on_the_othe
 
 #[tokio::test]
 async fn a_reader_that_leaves_another_instance_starts_the_producers_grace() {
-    let shared = pair(|c| c.resume_grace_secs = 1.0).await;
+    let shared = pair(|c| c.resume_grace = std::time::Duration::from_secs_f64(1.0)).await;
     hanging(&shared, 100, 50 * MS);
 
     let (on_a, stream) = opened(&shared.a.address, "q", 2).await;

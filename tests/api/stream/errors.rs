@@ -93,7 +93,8 @@ async fn an_upstream_that_ends_before_completing_is_stream_interrupted() {
 
 #[tokio::test]
 async fn a_silent_upstream_times_out_after_the_idle_timeout() {
-    let app = spawn_app_with(|c| c.upstream_idle_timeout_secs = 0.5).await;
+    let app =
+        spawn_app_with(|c| c.upstream_idle_timeout = std::time::Duration::from_secs_f64(0.5)).await;
     app.mock
         .always(Reply::sse(vec![openai::token("then silence")]).then(End::Hang));
 
@@ -107,7 +108,8 @@ async fn a_silent_upstream_times_out_after_the_idle_timeout() {
 #[tokio::test]
 async fn the_idle_timeout_counts_from_the_last_chunk_not_the_first() {
     // Each gap is well inside the idle timeout; the whole answer is three times longer than it.
-    let app = spawn_app_with(|c| c.upstream_idle_timeout_secs = 0.4).await;
+    let app =
+        spawn_app_with(|c| c.upstream_idle_timeout = std::time::Duration::from_secs_f64(0.4)).await;
     app.mock
         .always(Reply::sse(openai::answer(&["t"; 12], 100 * MS)));
 
@@ -119,7 +121,7 @@ async fn the_idle_timeout_counts_from_the_last_chunk_not_the_first() {
 
 #[tokio::test]
 async fn an_answer_that_outlasts_the_stream_budget_times_out() {
-    let app = spawn_app_with(|c| c.stream_timeout_secs = 0.6).await;
+    let app = spawn_app_with(|c| c.stream_timeout = std::time::Duration::from_secs_f64(0.6)).await;
     app.mock
         .always(Reply::sse(openai::answer(&["t"; 40], 50 * MS)));
 

@@ -38,7 +38,7 @@ async fn a_client_that_disconnects_while_the_upstream_is_silent_cancels_it() {
 #[tokio::test]
 async fn an_upstream_that_streams_without_end_cannot_grow_an_answer_without_bound() {
     let app = spawn_app_with(|c| {
-        c.stream_timeout_secs = 30.0;
+        c.stream_timeout = std::time::Duration::from_secs_f64(30.0);
         // One answer may hold a sixteenth: 64 KiB.
         c.resume_max_bytes = 1 << 20;
     })
@@ -82,8 +82,8 @@ async fn a_resume_of_an_unknown_stream_is_told_not_to_reconnect() {
 #[tokio::test]
 async fn on_shutdown_running_streams_finish_within_the_grace() {
     let mut app = spawn_demo_app_with(|c| {
-        c.demo_token_ms = 5;
-        c.shutdown_grace_secs = 10.0;
+        c.demo_token_interval = std::time::Duration::from_millis(5);
+        c.shutdown_grace = std::time::Duration::from_secs_f64(10.0);
     })
     .await;
     let mut reader = app.open("hi").await;
@@ -101,7 +101,8 @@ async fn on_shutdown_running_streams_finish_within_the_grace() {
 
 #[tokio::test]
 async fn on_shutdown_streams_past_the_grace_end_with_server_shutdown() {
-    let mut app = spawn_app_with(|c| c.shutdown_grace_secs = 0.5).await;
+    let mut app =
+        spawn_app_with(|c| c.shutdown_grace = std::time::Duration::from_secs_f64(0.5)).await;
     app.mock
         .always(Reply::sse(vec![openai::token("still going")]).then(End::Hang));
     let mut reader = app.open("hi").await;

@@ -229,7 +229,7 @@ async fn a_long_line_split_across_many_reads_is_decoded_in_linear_time() {
 
 #[tokio::test]
 async fn keep_alive_comments_flow_while_the_first_token_is_slow() {
-    let app = spawn_app_with(|c| c.keepalive_secs = 0.2).await;
+    let app = spawn_app_with(|c| c.keepalive = std::time::Duration::from_secs_f64(0.2)).await;
     app.mock.always(Reply::sse(vec![
         Step::Sleep(Duration::from_millis(900)),
         openai::token("late"),
@@ -249,7 +249,7 @@ async fn keep_alive_comments_flow_while_the_first_token_is_slow() {
 
 #[tokio::test]
 async fn no_keep_alive_comment_interrupts_a_flowing_answer() {
-    let app = spawn_app_with(|c| c.keepalive_secs = 0.4).await;
+    let app = spawn_app_with(|c| c.keepalive = std::time::Duration::from_secs_f64(0.4)).await;
     app.mock
         .always(Reply::sse(openai::answer(&["t "; 30], 50 * MS)));
 
