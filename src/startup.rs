@@ -181,6 +181,7 @@ impl Application {
             (handle, tokio::spawn(server))
         });
         let cleanup = tokio::spawn(forget_idle_clients(self.store.clone()));
+        let store_upkeep = self.store.upkeep().map(tokio::spawn);
         let upkeep = tokio::spawn(metrics_upkeep(crate::metrics::handle()));
         stop.await;
         tracing::info!(
@@ -199,6 +200,9 @@ impl Application {
         }
         cleanup.abort();
         upkeep.abort();
+        if let Some(store_upkeep) = store_upkeep {
+            store_upkeep.abort();
+        }
         if let Some((handle, server)) = metrics_server {
             handle.stop(false).await;
             let _ = server.await;

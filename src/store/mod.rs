@@ -118,6 +118,12 @@ impl Store {
         (store, signals)
     }
 
+    /// What keeps the shared store healthy while the server runs (a probe while Redis is down, the
+    /// renewal of this instance's leases); `None` without Redis.
+    pub fn upkeep(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        self.redis.clone().map(Redis::upkeep)
+    }
+
     /// Spends one question of the client's rate and takes a stream slot, or refuses and spends nothing.
     pub async fn admit(&self, client: ClientId) -> Result<Admitted, Refused> {
         if let Some(redis) = &self.redis

@@ -6,3 +6,4 @@ mod conversations;
 mod failures;
 pub mod harness;
 mod shared;
+mod stalls;

@@ -9,7 +9,7 @@ use std::{sync::LazyLock, time::Duration};
 
 use ::redis::{AsyncCommands, Script};
 
-use super::{BACKGROUND_LIMIT, Redis};
+use super::Redis;
 use crate::{
     llm::Turn,
     store::{conversations::Begun, scripts},
@@ -57,7 +57,8 @@ impl Redis {
         })
     }
 
-    /// Ends `stream`'s turn, keeping `turn` when there is one.
+    /// Ends `stream`'s turn, keeping `turn` when there is one. The answer's last event waits on
+    /// it, so it waits no longer than a request does.
     pub async fn end_turn(
         &self,
         id: &str,
@@ -77,7 +78,7 @@ impl Redis {
             .arg(json)
             .arg(max_turns)
             .arg(ttl.as_millis() as u64);
-        self.call::<i64>(BACKGROUND_LIMIT, invocation.invoke_async(&mut manager))
+        self.call::<i64>(self.0.request_limit, invocation.invoke_async(&mut manager))
             .await;
     }
 

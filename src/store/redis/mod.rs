@@ -1,8 +1,9 @@
 //! REDIS_URL: one connection manager per instance (admissions, answer logs, signals), health and
 //! fallback. No request waits on Redis more than REDIS_TIMEOUT_MS (100 ms): it goes on without it.
-//! A failed call, or [`SLOW_CALLS`] slow ones in a row, mark Redis down (logged once,
-//! `llm_stream_redis_up` 0), and the instance uses its own limits and logs until a probe finds
-//! Redis back, without a restart.
+//! A failed call, or one that gets no answer in its time, marks Redis down (logged once,
+//! `llm_stream_redis_up` 0), so that the next calls do not wait at all; the instance uses its own
+//! limits and logs until a probe finds Redis back, without a restart. The probe and the renewal of
+//! this instance's leases run in [`Redis::upkeep`], for as long as the server runs.
 
 mod admission;
 mod answers;
@@ -12,7 +13,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -30,8 +31,6 @@ pub use answers::Follow;
 use super::Signal;
 use crate::config::Config;
 
-/// Slow calls in a row that make Redis count as down (a single slow one only falls back itself).
-const SLOW_CALLS: u32 = 3;
 /// The longest a background write (an answer's log) waits.
 const BACKGROUND_LIMIT: Duration = Duration::from_secs(1);
 /// How often a down Redis is probed.
@@ -46,9 +45,9 @@ struct Inner {
     client: Client,
     manager: ConnectionManager,
     up: AtomicBool,
-    /// Calls in a row that took longer than `request_limit`.
-    slow: AtomicU32,
     request_limit: Duration,
+    /// REDIS_URL without its user or password, for the log.
+    shown: String,
     /// This instance's name in its signals, so that it ignores its own.
     instance: String,
     admission: admission::Settings,
@@ -99,8 +98,8 @@ impl Redis {
             client,
             manager,
             up: AtomicBool::new(false),
-            slow: AtomicU32::new(0),
             request_limit,
+            shown: shown_url(url.expose_secret()),
             instance,
             admission: admission::Settings::new(config),
             leases: Mutex::default(),
@@ -108,9 +107,12 @@ impl Redis {
             budget: config.stream_timeout,
         }));
         crate::metrics::redis_up(false);
-        tokio::spawn(redis.clone().probe());
-        tokio::spawn(redis.clone().renew_leases());
         Some(redis)
+    }
+
+    /// Probes Redis while it is down and renews this instance's leases, until dropped.
+    pub async fn upkeep(self) {
+        tokio::join!(self.clone().probe(), self.renew_leases());
     }
 
     fn is_up(&self) -> bool {
@@ -134,18 +136,14 @@ impl Redis {
         let result = tokio::time::timeout(limit, call).await;
         crate::metrics::redis_call(started.elapsed());
         match result {
-            Ok(Ok(value)) => {
-                self.0.slow.store(0, Ordering::Relaxed);
-                Some(value)
-            }
+            Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
                 self.down(&error.to_string());
                 None
             }
+            // A stalled Redis: the next calls go on without it at once, not after another wait.
             Err(_) => {
-                if self.0.slow.fetch_add(1, Ordering::Relaxed) + 1 >= SLOW_CALLS {
-                    self.down("no answer in time, several times in a row");
-                }
+                self.down("no answer in time");
                 None
             }
         }
@@ -155,7 +153,8 @@ impl Redis {
         if self.0.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 why,
-                "Redis is unreachable: this instance uses its own limits and answers until it is back"
+                redis = %self.0.shown,
+                "Redis (REDIS_URL) is unreachable: this instance uses its own limits and answers until it is back"
             );
             crate::metrics::redis_up(false);
         }
@@ -181,7 +180,8 @@ impl Redis {
                         self.renew_now().await;
                     }
                     _ if first => tracing::warn!(
-                        "Redis is unreachable at start-up: this instance uses its own limits and answers until it is back"
+                        redis = %self.0.shown,
+                        "Redis (REDIS_URL) is unreachable at start-up: this instance runs on its own limits and answers until Redis answers"
                     ),
                     _ => {}
                 }
@@ -224,6 +224,18 @@ impl Redis {
                 .get_multiplexed_async_connection_with_config(&config),
         )
         .await
+    }
+}
+
+/// The URL as the log may show it: without a user or password.
+fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Err(_) => "(not shown)".to_owned(),
     }
 }
 

@@ -211,10 +211,33 @@ impl RedisServer {
     /// Kills the server at once (SIGKILL): connections drop, nothing is saved.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused server would not die until it goes on.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(self.socket());
+    }
+
+    /// Stops the server without closing anything (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} redis-server");
     }
 
     /// Starts it again, empty, on the same port.
@@ -413,6 +436,11 @@ impl Process {
 
     /// `llm_stream_redis_up` as this process's `/metrics` says it.
     pub async fn redis_up(&self) -> Option<f64> {
+        self.metric("llm_stream_redis_up").await
+    }
+
+    /// An unlabelled metric's value as this process's `/metrics` says it.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
         let text = CLIENT
             .get(format!("{}/metrics", self.address))
             .send()
@@ -422,7 +450,7 @@ impl Process {
             .await
             .ok()?;
         text.lines()
-            .find_map(|line| line.strip_prefix("llm_stream_redis_up "))
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|value| value.trim().parse().ok())
     }
 
