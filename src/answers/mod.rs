@@ -63,11 +63,12 @@ impl Answer {
 struct Settings {
     retention: Duration,
     grace: Duration,
+    /// RESUME_MAX_BYTES: what the running answers and the finished ones kept for resuming hold
+    /// together. A running answer makes room by evicting the oldest finished ones; one that would
+    /// not fit even then is cut (`too_long`). A real answer is `LLM_MAX_TOKENS` tokens, kilobytes;
+    /// this stops an upstream that streams without end (the log is kept for resuming, so it does
+    /// not hold the upstream back by itself).
     max_bytes: usize,
-    /// The most one answer's log may hold: a sixteenth of RESUME_MAX_BYTES (4 MiB by default). A
-    /// real answer is `LLM_MAX_TOKENS` tokens, kilobytes; this only stops an upstream that streams
-    /// without end (the log is kept for resuming, so it does not hold the upstream back by itself).
-    max_answer_bytes: usize,
     keepalive: Duration,
     budget: Duration,
 }
@@ -78,6 +79,8 @@ struct Registry {
     /// Finished answers, oldest first, with the time they may be forgotten.
     finished: VecDeque<(Instant, String)>,
     finished_bytes: usize,
+    /// The room the running answers have taken for their logs.
+    running_bytes: usize,
     /// Readers here of answers produced elsewhere, so that a takeover signal reaches them.
     followers: HashMap<String, watch::Sender<Presence>>,
 }
@@ -118,8 +121,6 @@ impl Answers {
                 retention: config.resume_retention,
                 grace: config.resume_grace,
                 max_bytes: usize::try_from(config.resume_max_bytes).unwrap_or(usize::MAX),
-                max_answer_bytes: usize::try_from(config.resume_max_bytes / 16)
-                    .unwrap_or(usize::MAX),
                 keepalive: config.keepalive,
                 budget: config.stream_timeout,
             },
@@ -264,17 +265,46 @@ impl Answers {
         }
     }
 
-    /// The producer of `answer` is done: keep it for the retention, then forget it; forget the
-    /// oldest finished answers first when over RESUME_MAX_BYTES.
-    fn finished(&self, answer: &Answer) {
+    /// Grows a running answer's `room` to hold its `kept` bytes and a step more, evicting the
+    /// oldest finished answers while the store is over RESUME_MAX_BYTES; false when the answer would
+    /// not fit even with every finished answer evicted.
+    fn make_room(&self, room: &mut usize, kept: usize) -> bool {
+        let max = self.settings.max_bytes;
+        let wanted = kept.saturating_add(ROOM_STEP).min(max).max(kept);
+        let mut registry = self.lock();
+        registry.running_bytes = registry.running_bytes - *room + wanted;
+        *room = wanted;
+        let others = registry.running_bytes - wanted;
+        if others.saturating_add(kept) > max {
+            return false;
+        }
+        let now = Instant::now();
+        self.evict(&mut registry, now);
+        true
+    }
+
+    /// The producer of `answer` is done: give back its `room`, keep it for the retention, then
+    /// forget it; forget the oldest finished answers first when over RESUME_MAX_BYTES.
+    fn finished(&self, answer: &Answer, room: usize) {
         let now = Instant::now();
         let mut registry = self.lock();
+        registry.running_bytes -= room;
         registry
             .finished
             .push_back((now + self.settings.retention, answer.id.clone()));
         registry.finished_bytes += answer.log.bytes();
+        self.evict(&mut registry, now);
+        let bytes = registry.finished_bytes;
+        drop(registry);
+        crate::metrics::store_bytes(bytes);
+    }
+
+    /// Forgets finished answers, oldest first, while their retention is over or the store holds
+    /// more than RESUME_MAX_BYTES.
+    fn evict(&self, registry: &mut Registry, now: Instant) {
         while let Some((until, id)) = registry.finished.front().cloned() {
-            if until > now && registry.finished_bytes <= self.settings.max_bytes {
+            let over = registry.finished_bytes + registry.running_bytes > self.settings.max_bytes;
+            if until > now && !over {
                 break;
             }
             registry.finished.pop_front();
@@ -282,9 +312,6 @@ impl Answers {
                 registry.finished_bytes = registry.finished_bytes.saturating_sub(gone.log.bytes());
             }
         }
-        let bytes = registry.finished_bytes;
-        drop(registry);
-        crate::metrics::store_bytes(bytes);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -316,19 +343,13 @@ impl Answers {
 
     /// Forgets the finished answers whose retention is over.
     fn sweep(&self) {
-        let now = Instant::now();
-        let mut registry = self.lock();
-        while let Some((until, id)) = registry.finished.front().cloned() {
-            if until > now {
-                break;
-            }
-            registry.finished.pop_front();
-            if let Some(gone) = registry.answers.remove(&id) {
-                registry.finished_bytes = registry.finished_bytes.saturating_sub(gone.log.bytes());
-            }
-        }
+        self.evict(&mut self.lock(), Instant::now());
     }
 }
+
+/// How much room a running answer takes in the store at a time: a few calls for a long answer,
+/// none per event.
+const ROOM_STEP: usize = 16 << 10;
 
 /// A reader's own id, to tell readers of one answer apart (not a secret).
 fn new_reader_id() -> u64 {

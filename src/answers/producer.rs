@@ -56,8 +56,10 @@ pub(super) async fn produce(
     let mut gone = pin!(None::<Sleep>);
     // What the person sees, kept as the conversation's turn however the answer ends.
     let mut text = String::new();
-    // The log's bytes, counted here rather than asked of the log for every event.
+    // The log's bytes, counted here rather than asked of the log for every event, and the room
+    // taken for them in the store (grown a step at a time, not per event).
     let mut kept = answer.log.bytes();
+    let mut room = 0;
     // The first reader attached before this task ran, and may already be gone.
     let mut attached = true;
     let mut presence_changed = true;
@@ -107,7 +109,7 @@ pub(super) async fn produce(
                 report.token();
                 text.push_str(&token);
                 kept += answer.log.append(Kind::Message, sse::token_data(&token));
-                if kept >= answers.settings.max_answer_bytes {
+                if kept > room && !answers.make_room(&mut room, kept) {
                     break End::Error(StreamError::TooLong);
                 }
             }
@@ -116,7 +118,7 @@ pub(super) async fn produce(
                 kept += answer
                     .log
                     .append(Kind::Message, sse::reasoning_data(&reasoning));
-                if kept >= answers.settings.max_answer_bytes {
+                if kept > room && !answers.make_room(&mut room, kept) {
                     break End::Error(StreamError::TooLong);
                 }
             }
@@ -163,5 +165,5 @@ pub(super) async fn produce(
     };
     answer.log.append(Kind::End, last);
     report.resumed(answer.resumed.load(std::sync::atomic::Ordering::Relaxed));
-    answers.finished(&answer);
+    answers.finished(&answer, room);
 }

@@ -1,6 +1,8 @@
 //! Durable answers on one instance: the opening event, resuming with `Last-Event-ID` or
 //! `last_event_id=`, the grace after the last reader, explicit cancel, takeover and retention.
 
+mod room;
+
 use std::time::{Duration, Instant};
 
 use crate::{

@@ -164,7 +164,8 @@ async fn an_instance_started_while_redis_is_down_serves_and_shares_once_redis_is
     assert_eq!(served, 200, "degraded, not down: {}", a.log());
     assert!(took < Duration::from_secs(1), "{took:?}");
     eventually("a warning that Redis is down", DEADLINE, || async {
-        a.log().contains("Redis (REDIS_URL) is unreachable at start-up")
+        a.log()
+            .contains("Redis (REDIS_URL) is unreachable at start-up")
     })
     .await;
 

@@ -24,7 +24,7 @@ async fn a_stalled_redis_costs_an_answer_no_more_than_redis_timeout_ms() {
     redis.pause();
     for attempt in ["the first after the stall", "the next"] {
         let started = Instant::now();
-        let mut answer = SseReader::get(stream_url(&a.address, "hi"), &[]).await;
+        let answer = SseReader::get(stream_url(&a.address, "hi"), &[]).await;
         let head = started.elapsed();
         let events = answer.read_to_end().await;
         let took = started.elapsed();

@@ -39,7 +39,7 @@ async fn a_client_that_disconnects_while_the_upstream_is_silent_cancels_it() {
 async fn an_upstream_that_streams_without_end_cannot_grow_an_answer_without_bound() {
     let app = spawn_app_with(|c| {
         c.stream_timeout = std::time::Duration::from_secs_f64(30.0);
-        // One answer may hold a sixteenth: 64 KiB.
+        // One answer may hold the whole store, no more.
         c.resume_max_bytes = 1 << 20;
     })
     .await;
