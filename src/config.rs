@@ -137,7 +137,7 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
 
     /// Origins whose pages may call the API from the browser (comma-separated; same-origin only when empty).
-    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_allowed_origins: Vec<String>,
 
     /// Folder the page's assets are served from (relative to the working directory).
@@ -264,7 +264,7 @@ impl Config {
                 self.provider().name()
             ));
         }
-        if let Some(origin) = self.cors_allowed_origins.iter().find(|o| o.trim() == "*") {
+        if let Some(origin) = self.cors_allowed_origins.iter().find(|o| *o == "*") {
             return Err(format!(
                 "CORS_ALLOWED_ORIGINS must name sites, not {origin:?}: an open endpoint lets any page spend the model budget"
             ));
@@ -306,6 +306,13 @@ impl Config {
     /// The burst in force: the explicit one, else the per-minute figure.
     pub fn rate_limit_burst(&self) -> u32 {
         self.rate_limit_burst.unwrap_or(self.rate_limit_per_minute)
+    }
+
+    /// Whether CORS_ALLOWED_ORIGINS names `origin` (an `Origin` header's value).
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.cors_allowed_origins
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
     }
 
     /// Whether a peer address belongs to a trusted proxy.
@@ -394,6 +401,15 @@ fn parse_redis_url(text: &str) -> Result<SecretString, String> {
     // Parsed here only to name the problem at start-up; the text (it may hold a password) is not echoed.
     redis::Client::open(text).map_err(|_| "is not a Redis URL".to_owned())?;
     Ok(SecretString::from(text.to_owned()))
+}
+
+/// An origin as browsers send it in `Origin`: trimmed, lowercase, no trailing slash.
+fn parse_origin(text: &str) -> Result<String, String> {
+    let origin = text.trim().trim_end_matches('/').to_ascii_lowercase();
+    if origin.is_empty() {
+        return Err("holds an empty origin: separate origins with single commas".into());
+    }
+    Ok(origin)
 }
 
 fn parse_cidr(text: &str) -> Result<IpNet, String> {

@@ -11,7 +11,7 @@ use serde::Serialize;
 pub enum Refusal {
     #[error("{0}")]
     InvalidQuery(String),
-    #[error("Too many questions from this address; try again in {} s.", retry_after.as_secs())]
+    #[error("Too many questions from this address; try again in {} s.", ceil_secs(*retry_after))]
     RateLimited { retry_after: Duration },
     #[error("This address already has {0} answers streaming; wait for one to finish or stop it.")]
     TooManyStreams(u32),

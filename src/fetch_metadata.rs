@@ -27,18 +27,20 @@ use crate::{config::Config, error::Refusal};
 ///
 /// Everything else from another site or origin is refused: images, scripts, styles, frames,
 /// objects, prefetches, no-cors fetches, and a form POST from a foreign page (a navigation, but
-/// not a GET). It fits any method, so it also guards state-changing endpoints (a cancel): wrap
+/// not a GET). A browser too old to send `Sec-Fetch-Site` still sends `Origin` with every POST:
+/// such a request is allowed only from this site's own origin (as the proxy in front saw it) or
+/// CORS_ALLOWED_ORIGINS. It fits any method, so it also guards state-changing endpoints (a cancel): wrap
 /// it outermost on the resource, so that a refused request spends nothing (no rate budget, no
 /// stream slot, no upstream call).
 pub async fn resource_isolation(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let allowed_origins = request
-        .app_data::<web::Data<Config>>()
-        .map(|config| config.cors_allowed_origins.as_slice())
-        .unwrap_or_default();
-    if allows(request.headers(), request.method(), allowed_origins) {
+    let allowed = match request.app_data::<web::Data<Config>>() {
+        Some(config) => allows(&request, config),
+        None => false,
+    };
+    if allowed {
         return Ok(next.call(request).await?.map_into_boxed_body());
     }
     let sent = |name| header(request.headers(), name).unwrap_or("-");
@@ -55,9 +57,14 @@ pub async fn resource_isolation(
 }
 
 /// The policy itself, on the request's headers.
-fn allows(headers: &HeaderMap, method: &Method, allowed_origins: &[String]) -> bool {
+fn allows(request: &ServiceRequest, config: &Config) -> bool {
+    let (headers, method) = (request.headers(), request.method());
+    let origin = header(headers, "origin");
     let Some(site) = header(headers, "sec-fetch-site") else {
-        return true;
+        let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+        return safe
+            || origin
+                .is_none_or(|origin| own_origin(request, origin) || config.allows_origin(origin));
     };
     if matches!(site, "same-origin" | "none") {
         return true;
@@ -66,11 +73,17 @@ fn allows(headers: &HeaderMap, method: &Method, allowed_origins: &[String]) -> b
         header(headers, "sec-fetch-mode"),
         header(headers, "sec-fetch-dest"),
     ) {
-        (Some("cors"), _) => header(headers, "origin")
-            .is_some_and(|origin| allowed_origins.iter().any(|o| o.trim() == origin)),
+        (Some("cors"), _) => origin.is_some_and(|origin| config.allows_origin(origin)),
         (Some("navigate"), Some("document")) => matches!(*method, Method::GET | Method::HEAD),
         _ => false,
     }
+}
+
+/// Whether `origin` is the scheme and host the request was made to, as the proxy in front saw it.
+fn own_origin(request: &ServiceRequest, origin: &str) -> bool {
+    let info = request.connection_info();
+    let own = format!("{}://{}", info.scheme(), info.host());
+    origin.eq_ignore_ascii_case(&own)
 }
 
 /// A header's value; one that is present but not text reads as empty, so it allows nothing.

@@ -269,10 +269,7 @@ fn cors(config: &Config) -> Cors {
     config
         .cors_allowed_origins
         .iter()
-        .filter(|origin| !origin.trim().is_empty())
-        .fold(Cors::default(), |cors, origin| {
-            cors.allowed_origin(origin.trim())
-        })
+        .fold(Cors::default(), |cors, origin| cors.allowed_origin(origin))
         .allowed_methods(["GET"])
         // Refuse before the handler: a mismatched origin must not spend the model budget.
         .block_on_origin_mismatch(true)

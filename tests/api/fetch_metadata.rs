@@ -236,3 +236,48 @@ async fn a_post_from_another_sites_page_is_refused_while_one_from_this_site_pass
         assert!(!body.contains("cross_site"), "{body}");
     }
 }
+
+#[tokio::test]
+async fn an_allowed_origin_is_read_once_trimmed_and_in_any_case_for_streams_and_cancels() {
+    let mock = crate::mock_upstream::MockUpstream::start().await;
+    mock.always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+    let config = crate::helpers::test_config(&[
+        "--llm-provider",
+        "openai",
+        "--llm-base-url",
+        &mock.url(),
+        "--llm-api-key",
+        "sk-test",
+        "--cors-allowed-origins",
+        " HTTPS://Allowed.Example/ ,https://other.example",
+    ]);
+    let app = crate::helpers::spawn_with_config(config, mock).await;
+
+    let (status, headers, _) = ask(
+        &app,
+        Method::GET,
+        &with(eventsource("cross-site"), &[("Origin", ALLOWED)]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["access-control-allow-origin"], ALLOWED);
+
+    // A browser too old for fetch metadata still sends Origin with a POST.
+    let cancel = |origin: &'static str| {
+        CLIENT
+            .post(format!(
+                "{}/api/stream/0123456789abcdef0123456789abcdef/cancel",
+                app.address
+            ))
+            .header("Origin", origin)
+            .send()
+    };
+    assert_eq!(cancel(ALLOWED).await.expect("cancel").status(), 404);
+    assert_eq!(
+        cancel("https://evil.example")
+            .await
+            .expect("cancel")
+            .status(),
+        403
+    );
+}

@@ -8,7 +8,7 @@ use llm_stream::startup::Application;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::{
-    helpers::{CLIENT, DEADLINE, SseReader, TestApp, spawn_app_with, test_config},
+    helpers::{CLIENT, DEADLINE, SseReader, TestApp, eventually, spawn_app_with, test_config},
     mock_upstream::{End, Reply, openai},
 };
 
@@ -31,18 +31,15 @@ async fn scrape(app: &TestApp) -> String {
 
 /// Scrapes until `check` holds on the text, or fails after the deadline.
 async fn scrape_until(app: &TestApp, what: &str, check: impl Fn(&str) -> bool) -> String {
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    let last = std::cell::RefCell::new(String::new());
+    eventually(&format!("/metrics to show {what}"), DEADLINE, || async {
         let text = scrape(app).await;
-        if check(&text) {
-            return text;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "/metrics never showed {what}; last scrape:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let shown = check(&text);
+        *last.borrow_mut() = text;
+        shown
+    })
+    .await;
+    last.into_inner()
 }
 
 const DONE: &str = r#"llm_stream_streams_total{outcome="done"}"#;
@@ -127,6 +124,11 @@ async fn the_metrics_endpoint_is_not_rate_limited() {
         config.rate_limit_burst = Some(1);
     })
     .await;
+    app.mock
+        .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+    assert_eq!(app.stream("spend the budget").await.status, 200);
+    assert_eq!(app.stream("over it").await.status, 429);
+    // `scrape` fails on anything but 200.
     for _ in 0..5 {
         scrape(&app).await;
     }

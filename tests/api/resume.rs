@@ -174,16 +174,12 @@ async fn a_dropped_answer_goes_on_for_the_grace_then_its_upstream_is_closed() {
     let dropped = Instant::now();
     read_then_drop(&app, 1).await;
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        app.mock.closed_count(),
-        0,
-        "still produced 1 s after the drop"
-    );
-    app.mock.wait_for_closed(1, Duration::from_secs(3)).await;
+    app.mock.wait_for_closed(1, DEADLINE).await;
     let closed = app.mock.closed_at()[0].duration_since(dropped);
+    // The grace is 2 s: the upstream goes on for it (read_then_drop's own time counts from the
+    // same start), and is closed soon after.
     assert!(
-        closed < Duration::from_secs(3),
+        closed >= Duration::from_millis(1900) && closed < Duration::from_secs(3),
         "closed {closed:?} after the drop"
     );
     assert_eq!(app.store.streams_open_here(), 0, "its slot is free again");
