@@ -36,6 +36,8 @@ pub struct TestApp {
     pub store: actix_web::web::Data<Store>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The Redis of a test on both stores, while it runs on Redis.
+    _redis: Option<crate::redis::harness::RedisServer>,
 }
 
 /// The app on the OpenAI-compatible provider, in front of a fresh mock upstream.
@@ -91,8 +93,15 @@ pub fn test_config(extra: &[&str]) -> Config {
     }
 }
 
-pub async fn spawn_with_config(config: Config, mock: MockUpstream) -> TestApp {
+pub async fn spawn_with_config(mut config: Config, mock: MockUpstream) -> TestApp {
     init_logs();
+    let redis = match config.redis_url {
+        Some(_) => None,
+        None => crate::stores::redis_for_test().await,
+    };
+    if let Some(redis) = &redis {
+        crate::redis::harness::share(&mut config, redis);
+    }
     let app = Application::build(config)
         .await
         .expect("build the application");
@@ -102,14 +111,19 @@ pub async fn spawn_with_config(config: Config, mock: MockUpstream) -> TestApp {
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    TestApp {
+    let app = TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
         mock,
         store,
         stop: Some(stop),
         server: Some(server),
+        _redis: redis,
+    };
+    if app._redis.is_some() {
+        crate::redis::harness::wait_shared(&app.address).await;
     }
+    app
 }
 
 impl TestApp {
@@ -432,5 +446,14 @@ where
             "timed out after {deadline:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a resume of an answer evicted from this process's memory gets: nothing (`204`) on this
+/// process's own store; the rest (`200`) on Redis, which keeps it for its retention.
+pub fn status_of_an_evicted_answer() -> u16 {
+    match crate::stores::current() {
+        crate::stores::Store::InProcess => 204,
+        crate::stores::Store::Redis => 200,
     }
 }

@@ -19,4 +19,5 @@ mod page;
 mod providers;
 mod redis;
 mod resume;
+mod stores;
 mod stream;

@@ -78,100 +78,6 @@ async fn metrics_are_served_in_prometheus_text_format() {
 }
 
 #[tokio::test]
-async fn a_completed_stream_counts_done_tokens_and_time_to_first_token() {
-    let app = spawn_app_with(|_| {}).await;
-    app.mock.always(Reply::sse(openai::answer(
-        &["one", " two", " three"],
-        Duration::ZERO,
-    )));
-    let before = scrape(&app).await;
-
-    let answer = app.stream("count").await;
-    assert!(answer.ended_with_done());
-
-    scrape_until(&app, "the stream counted", |after| {
-        value(after, DONE) >= value(&before, DONE) + 1.0
-            && value(after, TOKENS) >= value(&before, TOKENS) + 3.0
-            && value(after, FIRST_TOKEN_COUNT) >= value(&before, FIRST_TOKEN_COUNT) + 1.0
-            && value(after, DURATION_COUNT) >= value(&before, DURATION_COUNT) + 1.0
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn a_request_refused_by_the_rate_limiter_is_counted() {
-    const RATE_LIMITED: &str = r#"llm_stream_refusals_total{reason="rate_limited"}"#;
-    let app = spawn_app_with(|config| {
-        config.rate_limit_per_minute = 1;
-        config.rate_limit_burst = Some(1);
-    })
-    .await;
-    app.mock
-        .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
-    let before = scrape(&app).await;
-
-    assert_eq!(app.stream("first").await.status, 200);
-    assert_eq!(app.stream("second").await.status, 429);
-
-    let after = scrape(&app).await;
-    assert!(value(&after, RATE_LIMITED) >= value(&before, RATE_LIMITED) + 1.0);
-}
-
-#[tokio::test]
-async fn the_metrics_endpoint_is_not_rate_limited() {
-    let app = spawn_app_with(|config| {
-        config.rate_limit_per_minute = 1;
-        config.rate_limit_burst = Some(1);
-    })
-    .await;
-    app.mock
-        .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
-    assert_eq!(app.stream("spend the budget").await.status, 200);
-    assert_eq!(app.stream("over it").await.status, 429);
-    // `scrape` fails on anything but 200.
-    for _ in 0..5 {
-        scrape(&app).await;
-    }
-}
-
-#[tokio::test]
-async fn an_upstream_500_is_counted_by_status() {
-    const STATUS_500: &str = r#"llm_stream_upstream_responses_total{status="500"}"#;
-    const UNAVAILABLE: &str = r#"llm_stream_streams_total{outcome="upstream_unavailable"}"#;
-    let app = spawn_app_with(|config| config.llm_retries = 0).await;
-    app.mock
-        .always(Reply::status(500, r#"{"error":{"message":"boom"}}"#));
-    let before = scrape(&app).await;
-
-    let answer = app.stream("fail").await;
-    assert_eq!(answer.error().unwrap()["error"], "upstream_unavailable");
-
-    let calls = app.mock.request_count() as f64;
-    scrape_until(&app, "the 500 counted", |after| {
-        value(after, STATUS_500) >= value(&before, STATUS_500) + calls
-            && value(after, UNAVAILABLE) >= value(&before, UNAVAILABLE) + 1.0
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn the_open_streams_gauge_follows_a_stream_until_its_client_leaves() {
-    let app = spawn_app_with(|_| {}).await;
-    app.mock
-        .always(Reply::sse(vec![openai::token("first")]).then(End::Hang));
-    scrape_until(&app, "no open stream", |text| value(text, OPEN) == 0.0).await;
-
-    let mut reader = app.open("hold").await;
-    let first = reader.next_data().await.unwrap();
-    assert_eq!(first.json()["token"], "first");
-    scrape_until(&app, "one open stream", |text| value(text, OPEN) == 1.0).await;
-
-    drop(reader);
-    app.mock.wait_for_closed(1, DEADLINE).await;
-    scrape_until(&app, "the stream closed", |text| value(text, OPEN) == 0.0).await;
-}
-
-#[tokio::test]
 async fn metrics_addr_moves_metrics_to_their_own_listener() {
     let mut config = test_config(&["--llm-provider", "demo"]);
     config.metrics_addr = Some("127.0.0.1:0".into());
@@ -316,4 +222,95 @@ async fn log_format_json_gives_one_json_object_per_line_with_the_request_id() {
     assert_eq!(ended["outcome"], "done", "{ended}");
     assert!(ended["tokens_out"].as_u64().unwrap() > 0, "{ended}");
     server.kill().await.unwrap();
+}
+
+crate::both_stores! {
+    async fn a_completed_stream_counts_done_tokens_and_time_to_first_token() {
+        let app = spawn_app_with(|_| {}).await;
+        app.mock.always(Reply::sse(openai::answer(
+            &["one", " two", " three"],
+            Duration::ZERO,
+        )));
+        let before = scrape(&app).await;
+
+        let answer = app.stream("count").await;
+        assert!(answer.ended_with_done());
+
+        scrape_until(&app, "the stream counted", |after| {
+            value(after, DONE) >= value(&before, DONE) + 1.0
+                && value(after, TOKENS) >= value(&before, TOKENS) + 3.0
+                && value(after, FIRST_TOKEN_COUNT) >= value(&before, FIRST_TOKEN_COUNT) + 1.0
+                && value(after, DURATION_COUNT) >= value(&before, DURATION_COUNT) + 1.0
+        })
+        .await;
+    }
+
+    async fn a_request_refused_by_the_rate_limiter_is_counted() {
+        const RATE_LIMITED: &str = r#"llm_stream_refusals_total{reason="rate_limited"}"#;
+        let app = spawn_app_with(|config| {
+            config.rate_limit_per_minute = 1;
+            config.rate_limit_burst = Some(1);
+        })
+        .await;
+        app.mock
+            .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+        let before = scrape(&app).await;
+
+        assert_eq!(app.stream("first").await.status, 200);
+        assert_eq!(app.stream("second").await.status, 429);
+
+        let after = scrape(&app).await;
+        assert!(value(&after, RATE_LIMITED) >= value(&before, RATE_LIMITED) + 1.0);
+    }
+
+    async fn the_metrics_endpoint_is_not_rate_limited() {
+        let app = spawn_app_with(|config| {
+            config.rate_limit_per_minute = 1;
+            config.rate_limit_burst = Some(1);
+        })
+        .await;
+        app.mock
+            .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+        assert_eq!(app.stream("spend the budget").await.status, 200);
+        assert_eq!(app.stream("over it").await.status, 429);
+        // `scrape` fails on anything but 200.
+        for _ in 0..5 {
+            scrape(&app).await;
+        }
+    }
+
+    async fn an_upstream_500_is_counted_by_status() {
+        const STATUS_500: &str = r#"llm_stream_upstream_responses_total{status="500"}"#;
+        const UNAVAILABLE: &str = r#"llm_stream_streams_total{outcome="upstream_unavailable"}"#;
+        let app = spawn_app_with(|config| config.llm_retries = 0).await;
+        app.mock
+            .always(Reply::status(500, r#"{"error":{"message":"boom"}}"#));
+        let before = scrape(&app).await;
+
+        let answer = app.stream("fail").await;
+        assert_eq!(answer.error().unwrap()["error"], "upstream_unavailable");
+
+        let calls = app.mock.request_count() as f64;
+        scrape_until(&app, "the 500 counted", |after| {
+            value(after, STATUS_500) >= value(&before, STATUS_500) + calls
+                && value(after, UNAVAILABLE) >= value(&before, UNAVAILABLE) + 1.0
+        })
+        .await;
+    }
+
+    async fn the_open_streams_gauge_follows_a_stream_until_its_client_leaves() {
+        let app = spawn_app_with(|_| {}).await;
+        app.mock
+            .always(Reply::sse(vec![openai::token("first")]).then(End::Hang));
+        scrape_until(&app, "no open stream", |text| value(text, OPEN) == 0.0).await;
+
+        let mut reader = app.open("hold").await;
+        let first = reader.next_data().await.unwrap();
+        assert_eq!(first.json()["token"], "first");
+        scrape_until(&app, "one open stream", |text| value(text, OPEN) == 1.0).await;
+
+        drop(reader);
+        app.mock.wait_for_closed(1, DEADLINE).await;
+        scrape_until(&app, "the stream closed", |text| value(text, OPEN) == 0.0).await;
+    }
 }

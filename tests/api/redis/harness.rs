@@ -272,14 +272,19 @@ pub async fn instance(
     adjust: impl FnOnce(&mut Config),
 ) -> TestApp {
     let mut config = crate::helpers::openai_config(mock);
-    config.redis_url = Some(SecretString::from(redis.url()));
-    // These machines are shared and noisy: a slow Redis reply must not make a test's instance
-    // decide alone what the shared limits decide (the 100 ms default is for production).
-    config.redis_timeout = std::time::Duration::from_millis(1000);
+    share(&mut config, redis);
     adjust(&mut config);
     let app = spawn_with_config(config, mock.clone()).await;
     wait_shared(&app.address).await;
     app
+}
+
+/// Points `config` at `redis`.
+pub fn share(config: &mut Config, redis: &RedisServer) {
+    config.redis_url = Some(SecretString::from(redis.url()));
+    // These machines are shared and noisy: a slow Redis reply must not make a test's instance
+    // decide alone what the shared limits decide (the 100 ms default is for production).
+    config.redis_timeout = Duration::from_millis(1000);
 }
 
 /// Two instances in this process sharing one Redis and one mock upstream (which so counts every

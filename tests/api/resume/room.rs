@@ -18,57 +18,60 @@ async fn app_answering(max_bytes: u64, kib: usize) -> (TestApp, String) {
     (app, tokens.concat())
 }
 
-#[tokio::test]
-async fn an_answer_of_a_tenth_of_the_store_is_not_cut() {
-    let (app, text) = app_answering(1_000_000, 100).await;
+crate::both_stores! {
+    async fn an_answer_of_a_tenth_of_the_store_is_not_cut() {
+        let (app, text) = app_answering(1_000_000, 100).await;
 
-    let answer = app.stream("long").await;
+        let answer = app.stream("long").await;
 
-    assert!(answer.ended_with_done(), "{:?}", answer.error());
-    assert_eq!(answer.text(), text);
-}
+        assert!(answer.ended_with_done(), "{:?}", answer.error());
+        assert_eq!(answer.text(), text);
+    }
 
-#[tokio::test]
-async fn a_long_answer_evicts_the_oldest_finished_answers_to_make_room() {
-    // Each answer's log holds about 180 bytes per 100-byte token (its frame and id): the first
-    // takes some 180 KB, the second some 210 KB, and both do not fit in 300 KB.
-    let (app, _) = app_answering(300_000, 100).await;
-    let first = app.stream("first").await;
-    assert!(first.ended_with_done());
-    let first_event = first.events[0].id.clone().expect("an id");
-    let token = "y".repeat(99) + " ";
-    let long = vec![token.as_str(); 1200];
-    app.mock
-        .always(Reply::sse(openai::answer(&long, Duration::ZERO)));
+    async fn a_long_answer_evicts_the_oldest_finished_answers_to_make_room() {
+        // Each answer's log holds about 180 bytes per 100-byte token (its frame and id): the first
+        // takes some 180 KB, the second some 210 KB, and both do not fit in 300 KB.
+        let (app, _) = app_answering(300_000, 100).await;
+        let first = app.stream("first").await;
+        assert!(first.ended_with_done());
+        let first_event = first.events[0].id.clone().expect("an id");
+        let token = "y".repeat(99) + " ";
+        let long = vec![token.as_str(); 1200];
+        app.mock
+            .always(Reply::sse(openai::answer(&long, Duration::ZERO)));
 
-    let second = app.stream("second").await;
+        let second = app.stream("second").await;
 
-    assert!(second.ended_with_done(), "{:?}", second.error());
-    assert_eq!(second.text(), long.concat());
-    let second_event = second.events[0].id.clone().expect("an id");
-    let resume = |question: &'static str, id: String| {
-        let url = app.stream_url(question);
-        async move { SseReader::get(url, &[("Last-Event-ID", &id)]).await.status }
-    };
-    assert_eq!(resume("first", first_event).await, 204, "evicted for room");
-    assert_eq!(resume("second", second_event).await, 200, "kept");
-}
+        assert!(second.ended_with_done(), "{:?}", second.error());
+        assert_eq!(second.text(), long.concat());
+        let second_event = second.events[0].id.clone().expect("an id");
+        let resume = |question: &'static str, id: String| {
+            let url = app.stream_url(question);
+            async move { SseReader::get(url, &[("Last-Event-ID", &id)]).await.status }
+        };
+        assert_eq!(
+            resume("first", first_event).await,
+            crate::helpers::status_of_an_evicted_answer(),
+            "evicted for room"
+        );
+        assert_eq!(resume("second", second_event).await, 200, "kept");
+    }
 
-#[tokio::test]
-async fn an_answer_larger_than_the_whole_store_is_cut_with_too_long() {
-    let (app, text) = app_answering(100_000, 200).await;
+    async fn an_answer_larger_than_the_whole_store_is_cut_with_too_long() {
+        let (app, text) = app_answering(100_000, 200).await;
 
-    let answer = app.stream("too long").await;
+        let answer = app.stream("too long").await;
 
-    assert_eq!(
-        answer.error().expect("an in-band error")["error"],
-        "too_long"
-    );
-    let kept = answer.text().len();
-    // The log holds each token's frame and id too: cut when the log, not the text, is full; far
-    // past the sixteenth of the store one answer used to be allowed.
-    assert!(
-        kept > 40_000 && kept < text.len(),
-        "cut near the store's size: {kept}"
-    );
+        assert_eq!(
+            answer.error().expect("an in-band error")["error"],
+            "too_long"
+        );
+        let kept = answer.text().len();
+        // The log holds each token's frame and id too: cut when the log, not the text, is full; far
+        // past the sixteenth of the store one answer used to be allowed.
+        assert!(
+            kept > 40_000 && kept < text.len(),
+            "cut near the store's size: {kept}"
+        );
+    }
 }
