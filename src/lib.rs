@@ -1,14 +1,24 @@
 //! llm-stream: stream a language model's answer to the browser, token by token, over Server-Sent Events.
 //!
 //! The path of one request: `startup` wires actix → `fetch_metadata` (did a foreign page send it)
-//! → `routes::stream` (`query` held to UTF-8, validate `q`, admit it through
-//! the `store`: rate and stream slot) → `answers` (a producer task per answer owns the upstream call
-//! from `llm` and appends our events to the answer's log; a reader replays and follows that log, here
-//! or on another instance) → `sse` (data lines, frames with ids) → the client.
-//! `store` is what instances share: in this process by default, on Redis with REDIS_URL.
-//! Beside it: `limits` (who the client is, this process's own limits), `request_id` (one id per
-//! request, in its logs, its response and the upstream call), `telemetry` (logs, the line each
-//! stream leaves) and `metrics` (what `GET /metrics` shows).
+//! → `routes::stream` (`query` held to UTF-8, validate `q`, admit it through the `store`: rate and
+//! stream slot) → `answers` (a producer task per answer owns the upstream call from `llm` and
+//! appends our events to the answer's log; a reader replays and follows that log, here or on
+//! another instance) → `sse` frames → the client.
+//!
+//! The floors, from the bottom: a module uses only modules on lower floors, so no arrow points back
+//! up (`tests/api/house.rs` checks every `crate::` path against this table):
+//!
+//! | floor | modules | what |
+//! |---|---|---|
+//! | 1 | `config`, `error`, `id` | settings; refusals and in-band codes; random ids and their one shape |
+//! | 2 | `metrics`, `client` | what `/metrics` shows; who the client is |
+//! | 3 | `telemetry`, `request_id`, `query`, `fetch_metadata`, `llm` | logs and the per-stream line; request ids; UTF-8 queries; resource isolation; the upstream providers |
+//! | 4 | `store` | what instances share: admission (`local` in this process, or Redis), answer logs, signals, conversations |
+//! | 5 | `sse` | our events as the data lines an answer's log keeps, and SSE frames |
+//! | 6 | `answers` | producers and readers of durable answers |
+//! | 7 | `routes` | one file per endpoint |
+//! | 8 | `startup` | the listener, every route and middleware, run and shut down |
 
 pub mod answers;
 pub mod client;

@@ -278,3 +278,55 @@ fn rate_limited(rate: &Rate, wait: Duration) -> (Refusal, Option<Budget>) {
     };
     (refusal, Some(budget))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(text: &str) -> ClientId {
+        ClientId::from_ip(text.parse().unwrap_or_else(|_| panic!("{text}")))
+    }
+
+    #[test]
+    fn a_budget_refills_one_question_per_period_and_says_when_it_is_full() {
+        // 6 a minute, burst 3: one question every 10 s.
+        let Some(rate) = Rate::new(6, 3) else {
+            panic!("a rate")
+        };
+        assert_eq!(
+            rate.budget(3),
+            Budget {
+                limit: 3,
+                remaining: 3,
+                reset_secs: 0
+            }
+        );
+        assert_eq!(rate.budget(1).reset_secs, 20);
+        assert_eq!(rate.budget(0).reset_secs, 30);
+    }
+
+    #[test]
+    fn spending_the_burst_leaves_a_wait_of_one_period_and_a_peek_spends_nothing() {
+        let Some(rate) = Rate::new(6, 2) else {
+            panic!("a rate")
+        };
+        let me = client("192.0.2.1");
+        assert_eq!(rate.peek(me).remaining, 2);
+        assert_eq!(rate.check(me).map(|b| b.remaining), Ok(1));
+        assert_eq!(rate.peek(me).remaining, 1, "a peek spends nothing");
+        assert_eq!(rate.check(me).map(|b| b.remaining), Ok(0));
+        let Err(wait) = rate.check(me) else {
+            panic!("refused")
+        };
+        assert!(
+            wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
+            "{wait:?}"
+        );
+        assert_eq!(rate.peek(client("192.0.2.2")).remaining, 2, "per client");
+    }
+
+    #[test]
+    fn no_rate_is_no_limiter() {
+        assert!(Rate::new(0, 5).is_none());
+    }
+}

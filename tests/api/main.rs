@@ -11,6 +11,7 @@ mod config;
 mod conversations;
 mod fetch_metadata;
 mod helpers;
+mod house;
 mod limits;
 mod metrics;
 mod mock_upstream;

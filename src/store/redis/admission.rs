@@ -207,3 +207,35 @@ impl Redis {
         .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(per_minute: u64, burst: u32) -> Settings {
+        Settings {
+            interval_ms: 60_000_u64.checked_div(per_minute).unwrap_or(0),
+            burst,
+            max_per_client: 3,
+            max_total: 10,
+        }
+    }
+
+    #[test]
+    fn the_shared_budget_reads_as_the_local_one() {
+        let six = settings(6, 3);
+        assert_eq!(
+            six.budget(3),
+            Some(Budget {
+                limit: 3,
+                remaining: 3,
+                reset_secs: 0
+            })
+        );
+        assert_eq!(six.budget(1).map(|b| b.reset_secs), Some(20));
+        assert_eq!(six.budget(7).map(|b| b.remaining), Some(3), "capped");
+        // 7 a minute: 8 571 ms a question, rounded up to whole seconds.
+        assert_eq!(settings(7, 1).budget(0).map(|b| b.reset_secs), Some(9));
+        assert_eq!(settings(0, 1).budget(0), None, "no rate limit");
+    }
+}

@@ -278,3 +278,66 @@ fn parse_signal(info: &PushInfo, own: &str) -> Option<Signal> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(text: &str) -> PushInfo {
+        PushInfo {
+            kind: PushKind::Message,
+            data: vec![
+                Value::BulkString(SIGNALS.as_bytes().to_vec()),
+                Value::BulkString(text.as_bytes().to_vec()),
+            ],
+        }
+    }
+
+    #[test]
+    fn signals_from_other_instances_are_read_and_its_own_ignored() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            parse_signal(&message(&format!("other cancel {id}")), "me"),
+            Some(Signal::Cancel(id.into()))
+        );
+        assert_eq!(
+            parse_signal(&message(&format!("other reader {id} 7")), "me"),
+            Some(Signal::Reader {
+                id: id.into(),
+                reader: 7
+            })
+        );
+        assert_eq!(
+            parse_signal(&message(&format!("other left {id} 7")), "me"),
+            Some(Signal::Left {
+                id: id.into(),
+                reader: 7
+            })
+        );
+        assert_eq!(
+            parse_signal(&message(&format!("me cancel {id}")), "me"),
+            None
+        );
+    }
+
+    #[test]
+    fn malformed_signals_are_ignored() {
+        for text in [
+            "",
+            "other",
+            "other cancel",
+            "other reader abc",
+            "other shout abc",
+        ] {
+            assert_eq!(parse_signal(&message(text), "me"), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_log_shows_redis_url_without_its_password() {
+        assert_eq!(
+            shown_url("redis://user:s3cret@127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+    }
+}
