@@ -120,7 +120,8 @@ async fn the_open_streams_gauge_counts_streams_leased_from_redis() {
     let redis = RedisServer::start().await;
     let mock = MockUpstream::start().await;
     mock.always(Reply::sse(openai::answer(&["tok "; 400], 50 * MS)).then(End::Hang));
-    let a = Process::start(&redis, &mock, &[]).await;
+    // No grace: a stream whose client leaves ends at once, and its slot with it.
+    let a = Process::start(&redis, &mock, &["--resume-grace-secs", "0"]).await;
     a.wait_redis_up(true, DEADLINE).await;
 
     let mut one = SseReader::get(stream_url(&a.address, "one"), &[]).await;
