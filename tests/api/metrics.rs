@@ -74,7 +74,7 @@ async fn metrics_are_served_in_prometheus_text_format() {
         "# TYPE llm_stream_upstream_responses_total counter",
         r#"llm_stream_first_token_seconds_bucket{le="+Inf"}"#,
         r#"llm_stream_refusals_total{reason="invalid_query"}"#,
-        r#"llm_stream_upstream_responses_total{status="200"}"#,
+        r#"llm_stream_upstream_responses_total{upstream="primary",status="200"}"#,
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
@@ -134,7 +134,7 @@ async fn the_metrics_endpoint_is_not_rate_limited() {
 
 #[tokio::test]
 async fn an_upstream_500_is_counted_by_status() {
-    const STATUS_500: &str = r#"llm_stream_upstream_responses_total{status="500"}"#;
+    const STATUS_500: &str = r#"llm_stream_upstream_responses_total{upstream="primary",status="500"}"#;
     const UNAVAILABLE: &str = r#"llm_stream_streams_total{outcome="upstream_unavailable"}"#;
     let app = spawn_app_with(|config| config.llm_retries = 0).await;
     app.mock
