@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// A series' value in Prometheus text, e.g. `llm_stream_streams_total{outcome="done"}`; 0 when absent.
-fn value(text: &str, series: &str) -> f64 {
+pub fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| {
@@ -23,14 +23,14 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn scrape(app: &TestApp) -> String {
+pub async fn scrape(app: &TestApp) -> String {
     let response = app.get("/metrics").await;
     assert_eq!(response.status(), 200);
     response.text().await.unwrap()
 }
 
 /// Scrapes until `check` holds on the text, or fails after the deadline.
-async fn scrape_until(app: &TestApp, what: &str, check: impl Fn(&str) -> bool) -> String {
+pub async fn scrape_until(app: &TestApp, what: &str, check: impl Fn(&str) -> bool) -> String {
     let until = tokio::time::Instant::now() + DEADLINE;
     loop {
         let text = scrape(app).await;
@@ -134,7 +134,8 @@ async fn the_metrics_endpoint_is_not_rate_limited() {
 
 #[tokio::test]
 async fn an_upstream_500_is_counted_by_status() {
-    const STATUS_500: &str = r#"llm_stream_upstream_responses_total{upstream="primary",status="500"}"#;
+    const STATUS_500: &str =
+        r#"llm_stream_upstream_responses_total{upstream="primary",status="500"}"#;
     const UNAVAILABLE: &str = r#"llm_stream_streams_total{outcome="upstream_unavailable"}"#;
     let app = spawn_app_with(|config| config.llm_retries = 0).await;
     app.mock
