@@ -88,6 +88,30 @@ pub struct Config {
     #[arg(long, env = "LLM_RETRIES", default_value_t = 2)]
     pub llm_retries: u32,
 
+    /// Provider of the fallback upstream, asked when the primary fails before its first token [default: none, or openai when LLM_FALLBACK_BASE_URL or LLM_FALLBACK_API_KEY is set].
+    #[arg(long, env = "LLM_FALLBACK_PROVIDER", value_enum)]
+    pub llm_fallback_provider: Option<ProviderKind>,
+
+    /// Base URL of the fallback upstream [default: https://api.openai.com/v1, or https://api.anthropic.com/v1 for anthropic].
+    #[arg(long, env = "LLM_FALLBACK_BASE_URL", value_parser = parse_base_url)]
+    pub llm_fallback_base_url: Option<Url>,
+
+    /// API key of the fallback upstream (never logged).
+    #[arg(long, env = "LLM_FALLBACK_API_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub llm_fallback_api_key: Option<SecretString>,
+
+    /// Model name sent to the fallback upstream [default: gpt-4o-mini, or claude-haiku-4-5 for anthropic].
+    #[arg(long, env = "LLM_FALLBACK_MODEL")]
+    pub llm_fallback_model: Option<String>,
+
+    /// With a fallback: consecutive failures before the first token that open an upstream's breaker.
+    #[arg(long, env = "UPSTREAM_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub upstream_breaker_failures: u32,
+
+    /// With a fallback: seconds an open breaker sends questions to the other upstream before one probes it again.
+    #[arg(long = "upstream-breaker-open-secs", env = "UPSTREAM_BREAKER_OPEN_SECS", value_name = "UPSTREAM_BREAKER_OPEN_SECS", default_value = "30", value_parser = parse_secs)]
+    pub upstream_breaker_open: Duration,
+
     /// Longest question, in characters.
     #[arg(long, env = "MAX_QUERY_CHARS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_query_chars: u32,
@@ -264,6 +288,7 @@ impl Config {
                 self.provider().name()
             ));
         }
+        self.validate_fallback()?;
         if let Some(origin) = self.cors_allowed_origins.iter().find(|o| *o == "*") {
             return Err(format!(
                 "CORS_ALLOWED_ORIGINS must name sites, not {origin:?}: an open endpoint lets any page spend the model budget"
@@ -318,6 +343,55 @@ impl Config {
     /// Whether a peer address belongs to a trusted proxy.
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The fallback upstream's provider: the explicit one, else openai when its base URL or key is
+    /// set, else none (no fallback, no breaker).
+    pub fn fallback_provider(&self) -> Option<ProviderKind> {
+        self.llm_fallback_provider
+            .or(
+                (self.llm_fallback_base_url.is_some() || self.llm_fallback_api_key.is_some())
+                    .then_some(ProviderKind::OpenAi),
+            )
+    }
+
+    /// The fallback upstream's base URL, defaulting per its provider.
+    pub fn fallback_base_url(&self) -> Url {
+        let default = match self.fallback_provider() {
+            Some(ProviderKind::Anthropic) => "https://api.anthropic.com/v1",
+            _ => "https://api.openai.com/v1",
+        };
+        self.llm_fallback_base_url.clone().unwrap_or_else(|| {
+            parse_base_url(default).unwrap_or_else(|_| unreachable!("valid default URL"))
+        })
+    }
+
+    /// The fallback's model: the explicit one, else a sensible one for its provider.
+    pub fn fallback_model(&self) -> String {
+        let default = match self.fallback_provider() {
+            Some(ProviderKind::Anthropic) => "claude-haiku-4-5",
+            _ => "gpt-4o-mini",
+        };
+        self.llm_fallback_model
+            .clone()
+            .unwrap_or_else(|| default.to_owned())
+    }
+
+    /// The fallback's settings hold together: a key where its provider needs one, and no model
+    /// named for a fallback that is not there.
+    fn validate_fallback(&self) -> Result<(), String> {
+        match self.fallback_provider() {
+            None if self.llm_fallback_model.is_some() => Err(
+                "LLM_FALLBACK_MODEL is set but no fallback upstream is: set LLM_FALLBACK_BASE_URL or LLM_FALLBACK_API_KEY (and LLM_FALLBACK_PROVIDER for anthropic)".into(),
+            ),
+            Some(kind) if kind != ProviderKind::Demo && self.llm_fallback_api_key.is_none() => {
+                Err(format!(
+                    "LLM_FALLBACK_API_KEY is required when LLM_FALLBACK_PROVIDER is {} (set any value for a local server that needs none)",
+                    kind.name()
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

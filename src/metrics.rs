@@ -26,8 +26,14 @@ pub const FIRST_TOKEN: &str = "llm_stream_first_token_seconds";
 pub const DURATION: &str = "llm_stream_stream_duration_seconds";
 /// Tokens sent to clients.
 pub const TOKENS: &str = "llm_stream_tokens_sent_total";
-/// Upstream responses, by `status`: the HTTP status, or `error` when no response came.
+/// Upstream responses, by `upstream` (`primary`, `fallback`) and `status`: the HTTP status, or
+/// `error` when no response came.
 pub const UPSTREAM: &str = "llm_stream_upstream_responses_total";
+/// With a fallback: 1 while an upstream's breaker is open, by `upstream` (gauge).
+pub const BREAKER_OPEN: &str = "llm_stream_upstream_breaker_open";
+/// Questions moved to the fallback, by `reason`: the primary's in-band error code, or
+/// `breaker_open` when the primary was not tried.
+pub const FALLBACKS: &str = "llm_stream_fallbacks_total";
 
 /// Resumes asked for, by `outcome`: `resumed` (the rest was sent) or `refused` (204).
 pub const RESUMES: &str = "llm_stream_resumes_total";
@@ -86,7 +92,15 @@ fn install() -> PrometheusHandle {
     describe_counter!(TOKENS, "Tokens sent to clients.");
     describe_counter!(
         UPSTREAM,
-        "Upstream responses, by HTTP status (error: none came)."
+        "Upstream responses, by upstream and HTTP status (error: none came)."
+    );
+    describe_gauge!(
+        BREAKER_OPEN,
+        "1 while an upstream's breaker is open, by upstream."
+    );
+    describe_counter!(
+        FALLBACKS,
+        "Questions moved to the fallback upstream, by reason."
     );
     describe_counter!(RESUMES, "Resumes asked for, by outcome (resumed, refused).");
     describe_counter!(CANCELS, "Answers stopped by an explicit cancel.");
@@ -145,11 +159,21 @@ pub fn refused(refusal: &Refusal) {
     counter!(REFUSALS, "reason" => refusal.code()).increment(1);
 }
 
-/// The upstream's answer to a request: its status, or `error` when the request failed.
-pub fn upstream_response<E>(sent: &Result<reqwest::Response, E>) {
+/// The `upstream`'s answer to a request: its status, or `error` when the request failed.
+pub fn upstream_response<E>(upstream: &'static str, sent: &Result<reqwest::Response, E>) {
     let status = match sent {
         Ok(response) => response.status().as_str().to_owned(),
         Err(_) => "error".to_owned(),
     };
-    counter!(UPSTREAM, "status" => status).increment(1);
+    counter!(UPSTREAM, "upstream" => upstream, "status" => status).increment(1);
+}
+
+/// An upstream's breaker opened or closed.
+pub fn breaker_open(upstream: &'static str, open: bool) {
+    gauge!(BREAKER_OPEN, "upstream" => upstream).set(if open { 1.0 } else { 0.0 });
+}
+
+/// A question went to the fallback, for `reason`.
+pub fn fell_back(reason: &'static str) {
+    counter!(FALLBACKS, "reason" => reason).increment(1);
 }

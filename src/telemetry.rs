@@ -33,6 +33,9 @@ pub struct StreamReport {
     tokens_out: u64,
     outcome: &'static str,
     resumed: u32,
+    /// With a fallback configured: which upstream answered, and its model.
+    upstream: Option<&'static str>,
+    model: Option<String>,
 }
 
 impl StreamReport {
@@ -49,6 +52,8 @@ impl StreamReport {
             // Whatever does not finish on its own was ended by the client going away.
             outcome: "client_gone",
             resumed: 0,
+            upstream: None,
+            model: None,
         }
     }
 
@@ -64,6 +69,12 @@ impl StreamReport {
 
     pub fn finish(&mut self, outcome: &'static str) {
         self.outcome = outcome;
+    }
+
+    /// The upstream (`primary`, `fallback`) and model that answered, when a fallback is configured.
+    pub fn answered_by(&mut self, upstream: &'static str, model: Option<String>) {
+        self.upstream = Some(upstream);
+        self.model = model;
     }
 
     /// How many times a reconnecting client picked the answer up again.
@@ -86,6 +97,8 @@ impl Drop for StreamReport {
             duration_ms = duration.as_secs_f64() * 1e3,
             outcome = self.outcome,
             resumed = self.resumed,
+            upstream = self.upstream,
+            model = self.model.as_deref(),
             "stream ended"
         );
     }

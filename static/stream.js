@@ -235,6 +235,7 @@ function onMessage(r, ev) {
     r.finish = String(msg.finish_reason);
   }
   if (msg.usage && typeof msg.usage === "object") r.usage = msg.usage;
+  if (msg.upstream === "fallback") r.turn.fromFallback(typeof msg.model === "string" ? msg.model : "");
 }
 
 function showProgress(r) {

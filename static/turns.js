@@ -65,7 +65,9 @@ export class Turn {
     this.copy.setAttribute("aria-describedby", heading.id);
     this.usage = make("p", "usage");
     this.usage.hidden = true;
-    foot.append(this.copy, this.usage);
+    this.answeredBy = make("p", "answered-by");
+    this.answeredBy.hidden = true;
+    foot.append(this.copy, this.usage, this.answeredBy);
 
     this.article.append(heading, this.thinking, this.answer, foot);
     this.markdown = new StreamingMarkdown(this.answer, () => this.follow());
@@ -87,6 +89,7 @@ export class Turn {
     this.following = true;
     this.copy.disabled = true;
     this.showUsage(null);
+    this.answeredBy.hidden = true;
   }
 
   /** The answer's Markdown source, exactly as it arrived (what its Copy copies). */
@@ -126,6 +129,13 @@ export class Turn {
     if (c !== null) parts.push("completion " + plural(c, "token"));
     this.usage.textContent = parts.length ? "Usage: " + parts.join(" · ") : "";
     this.usage.hidden = !parts.length;
+  }
+
+  /** The answer came from the server's fallback model (its primary had failed): say so, quietly. */
+  fromFallback(model) {
+    this.answeredBy.textContent =
+      "Answered by the fallback model" + (model ? " (" + model + ")" : "") + ".";
+    this.answeredBy.hidden = false;
   }
 
   /** Brings the turn's question to the top of the view (as far as the page can scroll). */

@@ -8,6 +8,9 @@
 //! the mock: these machines are shared and noisy, so the differences hold where absolute times do
 //! not.
 //!
+//! LOAD_FALLBACK=1 adds a column: llm-stream whose primary refuses connections, with the mock as
+//! its fallback and the primary's breaker open.
+//!
 //! For profiling: LOAD_ONLY=latency,paced,saturated,cancellation,memory,https runs some parts
 //! (`cpu` is paced and saturated), LOAD_MAX_STREAMS caps the held streams, LOAD_SERVER_PREFIX runs
 //! the server under a tool that keeps it in its own process, e.g. "valgrind --tool=callgrind"

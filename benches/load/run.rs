@@ -107,6 +107,28 @@ pub async fn run() {
             ..Launch::plain(mock.address)
         },
     );
+    // LOAD_FALLBACK=1: a primary that refuses connections, the mock as the fallback; the warm-up's
+    // first failures open the primary's breaker, and it stays open for the run.
+    let fallback = env_on("LOAD_FALLBACK").map(|_| {
+        let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let primary = format!("http://{}/v1", refusing.local_addr().unwrap());
+        drop(refusing);
+        Server::start(
+            SERVER_CORE,
+            Launch {
+                binary: None,
+                upstream: primary,
+                env: vec![
+                    (
+                        "LLM_FALLBACK_BASE_URL",
+                        format!("http://{}/v1", mock.address),
+                    ),
+                    ("LLM_FALLBACK_API_KEY", "bench".to_owned()),
+                    ("UPSTREAM_BREAKER_OPEN_SECS", "86400".to_owned()),
+                ],
+            },
+        )
+    });
     let nginx = Nginx::start(SERVER_CORE, mock.address, None, "timed");
     let relay = Relay::start(SERVER_CORE, mock.address);
     let mut subjects = vec![Subject {
@@ -119,6 +141,13 @@ pub async fn run() {
             col: Col::Before,
             target: Target::Server(before.address),
             pid: Some(before.pid()),
+        });
+    }
+    if let Some(fallback) = &fallback {
+        subjects.push(Subject {
+            col: Col::Fallback,
+            target: Target::Server(fallback.address),
+            pid: Some(fallback.pid()),
         });
     }
     subjects.extend([
@@ -245,7 +274,7 @@ pub async fn run() {
             s.log_tail().iter().for_each(|l| eprintln!("  {l}"));
         }
     }
-    drop((server, before, with_redis, nginx, relay));
+    drop((server, before, with_redis, fallback, nginx, relay));
 
     // Last: holding thousands of streams leaves heaps and the kernel's socket tables larger,
     // which would disturb the timings above. Each figure is a fresh process's.

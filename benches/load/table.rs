@@ -13,6 +13,9 @@ pub enum Col {
     Before,
     /// Through this tree's llm-stream with REDIS_URL.
     Redis,
+    /// Through this tree's llm-stream whose primary refuses connections, its breaker open: the
+    /// fallback (the mock) answers (LOAD_FALLBACK=1).
+    Fallback,
     /// Through nginx, passing bytes through.
     Nginx,
     /// Through the byte relay.
@@ -21,10 +24,11 @@ pub enum Col {
     Mock,
 }
 
-const COLS: [Col; 6] = [
+const COLS: [Col; 7] = [
     Col::Today,
     Col::Before,
     Col::Redis,
+    Col::Fallback,
     Col::Nginx,
     Col::Relay,
     Col::Mock,
@@ -36,6 +40,7 @@ impl Col {
             Self::Today => "llm-stream",
             Self::Before => "before durable answers",
             Self::Redis => "llm-stream with REDIS_URL",
+            Self::Fallback => "primary down, fallback answering (breaker open)",
             Self::Nginx => "nginx pass-through",
             Self::Relay => "byte relay",
             Self::Mock => "straight from the mock",
@@ -52,7 +57,7 @@ pub struct Table {
 #[derive(Default)]
 pub(crate) struct Row {
     pub figure: String,
-    pub cells: [String; 6],
+    pub cells: [String; 7],
     pub target: String,
 }
 

@@ -124,6 +124,9 @@ pub(super) async fn produce(
             }
             Step::Event(Some(Ok(LlmEvent::Finish(finish)))) => {
                 report.finish("done");
+                if let Some(upstream) = finish.upstream {
+                    report.answered_by(upstream, finish.model.clone());
+                }
                 answer.log.append(Kind::Message, sse::finish_data(&finish));
                 break End::Complete;
             }

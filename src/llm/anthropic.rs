@@ -5,9 +5,9 @@ use reqwest::header::HeaderValue;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
-use super::Turn;
 use super::{
-    EventStream, Finish, LlmEvent, Usage,
+    EventStream, Finish, LlmEvent, Target, Turn, Usage,
+    call::Attempts,
     upstream::{Decoder, Endpoint, Fault},
 };
 use crate::{config::Config, error::StreamError};
@@ -137,10 +137,7 @@ impl EventDecoder {
                 prompt_tokens: self.prompt_tokens.unwrap_or(0),
                 completion_tokens: self.completion_tokens.unwrap_or(0),
             });
-        Finish {
-            finish_reason,
-            usage,
-        }
+        Finish::new(finish_reason, usage)
     }
 }
 
@@ -189,14 +186,15 @@ impl Decoder for EventDecoder {
 }
 
 impl Anthropic {
-    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &Config, target: &Target) -> Result<Self, reqwest::Error> {
         if config.llm_temperature > MAX_TEMPERATURE {
             tracing::warn!(
                 temperature = config.llm_temperature,
+                upstream = target.role.name(),
                 "LLM_TEMPERATURE is above Anthropic's maximum; sending {MAX_TEMPERATURE}"
             );
         }
-        let mut endpoint = Endpoint::new(config, "messages")?;
+        let mut endpoint = Endpoint::new(config, target, "messages")?;
         endpoint.temperature = endpoint.temperature.min(MAX_TEMPERATURE);
         Ok(Self { endpoint })
     }
@@ -205,7 +203,13 @@ impl Anthropic {
         &self.endpoint.model
     }
 
-    pub fn stream(&self, question: &str, history: &[Turn], request_id: &str) -> EventStream {
+    pub fn stream(
+        &self,
+        question: &str,
+        history: &[Turn],
+        request_id: &str,
+        attempts: Attempts,
+    ) -> EventStream {
         // A key that is no header value is sent empty, so that Anthropic answers 401.
         let endpoint = &self.endpoint;
         let mut api_key = HeaderValue::from_str(endpoint.api_key.expose_secret())
@@ -225,6 +229,6 @@ impl Anthropic {
                 stream: true,
                 temperature: endpoint.temperature,
             });
-        endpoint.upstream.stream(request, EventDecoder::default())
+        endpoint.stream(request, EventDecoder::default(), attempts)
     }
 }

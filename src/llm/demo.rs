@@ -40,10 +40,10 @@ impl Demo {
                 completion_tokens += 1;
                 yield Ok(LlmEvent::Token(word.to_owned()));
             }
-            yield Ok(LlmEvent::Finish(Finish {
-                finish_reason: "stop".to_owned(),
-                usage: Some(Usage { prompt_tokens, completion_tokens }),
-            }));
+            yield Ok(LlmEvent::Finish(Finish::new(
+                "stop".to_owned(),
+                Some(Usage { prompt_tokens, completion_tokens }),
+            )));
         })
     }
 }

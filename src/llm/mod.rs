@@ -1,21 +1,30 @@
-//! The model side: one event type for every provider, and the `Provider` enum that dispatches to
-//! each provider's wire format. Nothing outside a provider's file knows its JSON.
+//! The model side: one event type for every provider, the `Model` enum that dispatches to each
+//! provider's wire format, and the `Provider` the routes ask: the primary model, with a fallback
+//! behind it when one is configured. Nothing outside a provider's file knows its JSON.
 
 pub mod anthropic;
+mod breaker;
+mod call;
 pub mod demo;
+mod fallback;
 pub mod openai;
 pub mod upstream;
 mod utf8_guard;
 
-use std::pin::Pin;
+use std::{pin::Pin, time::Duration};
 
 use futures_util::Stream;
+use reqwest::Url;
+use secrecy::SecretString;
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::{
     config::{Config, ProviderKind},
     error::StreamError,
 };
+
+pub use call::Attempts;
 
 /// What a provider yields, in order: text and reasoning deltas, then one `Finish`.
 /// A stream that ends without `Finish` was cut short.
@@ -31,6 +40,24 @@ pub struct Finish {
     pub finish_reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// With a fallback configured: the model that answered…
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// … and which upstream it is (`primary`, `fallback`). Without a fallback, neither is sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<&'static str>,
+}
+
+impl Finish {
+    /// A provider's finish, before anything names who answered.
+    pub fn new(finish_reason: String, usage: Option<Usage>) -> Self {
+        Self {
+            finish_reason,
+            usage,
+            model: None,
+            upstream: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,38 +109,149 @@ fn chat<'a>(
 /// A provider's answer as it arrives. Dropping it cancels the upstream call.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<LlmEvent, StreamError>> + Send>>;
 
-/// The configured upstream.
-pub enum Provider {
+/// Which of the two upstreams a model is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// LLM_PROVIDER, LLM_BASE_URL, LLM_API_KEY, LLM_MODEL.
+    Primary,
+    /// LLM_FALLBACK_PROVIDER, LLM_FALLBACK_BASE_URL, LLM_FALLBACK_API_KEY, LLM_FALLBACK_MODEL.
+    Fallback,
+}
+
+impl Role {
+    /// Its name in the finish event, the logs and the metrics' `upstream` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Fallback => "fallback",
+        }
+    }
+}
+
+/// Where one upstream is and which model it runs, from its four settings.
+pub struct Target {
+    pub role: Role,
+    pub kind: ProviderKind,
+    pub base_url: Url,
+    pub api_key: Option<SecretString>,
+    pub model: String,
+}
+
+impl Target {
+    pub fn primary(config: &Config) -> Self {
+        Self {
+            role: Role::Primary,
+            kind: config.provider(),
+            base_url: config.base_url(),
+            api_key: config.llm_api_key.clone(),
+            model: config.model(),
+        }
+    }
+
+    /// The fallback, when one is configured.
+    pub fn fallback(config: &Config) -> Option<Self> {
+        Some(Self {
+            role: Role::Fallback,
+            kind: config.fallback_provider()?,
+            base_url: config.fallback_base_url(),
+            api_key: config.llm_fallback_api_key.clone(),
+            model: config.fallback_model(),
+        })
+    }
+}
+
+/// One model, spoken to in its provider's wire format.
+pub enum Model {
     Demo(demo::Demo),
     OpenAi(openai::OpenAi),
     Anthropic(anthropic::Anthropic),
 }
 
+impl Model {
+    pub fn new(config: &Config, target: &Target) -> Result<Self, reqwest::Error> {
+        Ok(match target.kind {
+            ProviderKind::Demo => Self::Demo(demo::Demo::new(config)),
+            ProviderKind::OpenAi => Self::OpenAi(openai::OpenAi::new(config, target)?),
+            ProviderKind::Anthropic => Self::Anthropic(anthropic::Anthropic::new(config, target)?),
+        })
+    }
+
+    /// Starts answering `question` after the conversation's earlier turns, trying as hard as
+    /// `attempts` says; `request_id` goes upstream as `X-Request-Id`. Nothing is sent upstream
+    /// until the stream is first polled.
+    pub fn stream(
+        &self,
+        question: &str,
+        history: &[Turn],
+        request_id: &str,
+        attempts: Attempts,
+    ) -> EventStream {
+        match self {
+            Self::Demo(demo) => demo.stream(question, history.len()),
+            Self::OpenAi(openai) => openai.stream(question, history, request_id, attempts),
+            Self::Anthropic(anthropic) => anthropic.stream(question, history, request_id, attempts),
+        }
+    }
+
+    /// The model's name, as shown to people.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Demo(_) => "demo",
+            Self::OpenAi(openai) => openai.model(),
+            Self::Anthropic(anthropic) => anthropic.model(),
+        }
+    }
+}
+
+/// The configured upstreams: the primary model, and the fallback (with a breaker for each) when
+/// LLM_FALLBACK_* names one. Without a fallback, a question goes to the primary exactly as it
+/// always did: no breaker, nothing in between.
+pub struct Provider {
+    primary: Model,
+    fallback: Option<fallback::Fallback>,
+    retries: u32,
+    budget: Duration,
+}
+
 impl Provider {
     pub fn from_config(config: &Config) -> Result<Self, reqwest::Error> {
-        Ok(match config.provider() {
-            ProviderKind::Demo => Self::Demo(demo::Demo::new(config)),
-            ProviderKind::OpenAi => Self::OpenAi(openai::OpenAi::new(config)?),
-            ProviderKind::Anthropic => Self::Anthropic(anthropic::Anthropic::new(config)?),
+        let primary = Target::primary(config);
+        let fallback = match Target::fallback(config) {
+            Some(target) => Some(fallback::Fallback::new(
+                config,
+                &primary,
+                &target,
+                Model::new(config, &target)?,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            primary: Model::new(config, &primary)?,
+            fallback,
+            retries: config.llm_retries,
+            budget: config.stream_timeout,
         })
     }
 
     /// Starts answering `question` after the conversation's earlier turns; `request_id` goes
     /// upstream as `X-Request-Id`. Nothing is sent upstream until the stream is first polled.
     pub fn stream(&self, question: &str, history: &[Turn], request_id: &str) -> EventStream {
-        match self {
-            Self::Demo(demo) => demo.stream(question, history.len()),
-            Self::OpenAi(openai) => openai.stream(question, history, request_id),
-            Self::Anthropic(anthropic) => anthropic.stream(question, history, request_id),
+        let attempts = Attempts {
+            retries: self.retries,
+            // Taken now, a moment before the handler starts the same budget's clock: never later
+            // than it, and one deadline for every upstream the question tries.
+            deadline: Instant::now() + self.budget,
+        };
+        match &self.fallback {
+            None => self.primary.stream(question, history, request_id, attempts),
+            Some(fallback) => {
+                fallback.stream(&self.primary, question, history, request_id, attempts)
+            }
         }
     }
 
-    /// The model's name, as shown to people.
+    /// The primary model's name, as shown to people.
     pub fn model(&self) -> &str {
-        match self {
-            Self::Demo(_) => "demo",
-            Self::OpenAi(openai) => openai.model(),
-            Self::Anthropic(anthropic) => anthropic.model(),
-        }
+        self.primary.name()
     }
 }

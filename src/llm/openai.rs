@@ -5,7 +5,8 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    EventStream, Finish, LlmEvent, Turn, Usage,
+    EventStream, Finish, LlmEvent, Target, Turn, Usage,
+    call::Attempts,
     upstream::{Decoder, Endpoint, Fault},
 };
 use crate::{config::Config, error::StreamError};
@@ -122,9 +123,9 @@ impl Decoder for ChunkDecoder {
 }
 
 impl OpenAi {
-    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &Config, target: &Target) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            endpoint: Endpoint::new(config, "chat/completions")?,
+            endpoint: Endpoint::new(config, target, "chat/completions")?,
         })
     }
 
@@ -132,7 +133,13 @@ impl OpenAi {
         &self.endpoint.model
     }
 
-    pub fn stream(&self, question: &str, history: &[Turn], request_id: &str) -> EventStream {
+    pub fn stream(
+        &self,
+        question: &str,
+        history: &[Turn],
+        request_id: &str,
+        attempts: Attempts,
+    ) -> EventStream {
         let endpoint = &self.endpoint;
         let request = endpoint
             .post(request_id)
@@ -150,13 +157,13 @@ impl OpenAi {
                     include_usage: true,
                 },
             });
-        endpoint.upstream.stream(request, ChunkDecoder::default())
+        endpoint.stream(request, ChunkDecoder::default(), attempts)
     }
 }
 
 fn finish(reason: Option<String>, usage: Option<Usage>) -> LlmEvent {
-    LlmEvent::Finish(Finish {
-        finish_reason: reason.unwrap_or_else(|| "stop".to_owned()),
+    LlmEvent::Finish(Finish::new(
+        reason.unwrap_or_else(|| "stop".to_owned()),
         usage,
-    })
+    ))
 }

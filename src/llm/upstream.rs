@@ -1,36 +1,30 @@
-//! What every HTTP provider shares: the client with its timeouts, the call with its retries before
-//! the first event, the mapping of HTTP failures onto our error codes, and the upstream's SSE
-//! decoded with an idle timeout and handed, event by event, to the provider's [`Decoder`].
+//! What every HTTP provider shares past the call: where its questions go (the endpoint), and the
+//! upstream's SSE decoded with an idle timeout and handed, event by event, to the provider's
+//! [`Decoder`]. The call itself, with its retries, is [`super::call`]'s.
 
 use std::{future::Future, task::Poll, time::Duration};
 
 use async_stream::stream;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use reqwest::{RequestBuilder, Response, StatusCode, Url};
+use reqwest::{RequestBuilder, Response, Url};
 use secrecy::SecretString;
 use sse_stream::SseByteStream;
 use tokio::time::Instant;
 
-use super::{EventStream, LlmEvent, utf8_guard};
+use super::{
+    EventStream, LlmEvent, Target,
+    call::{Attempts, Upstream},
+    utf8_guard,
+};
 use crate::{config::Config, error::StreamError};
 
 /// The longest the rest of a finished answer's body is read for, to keep its connection.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
-/// The upstream HTTP client and the limits that bound each call.
-#[derive(Clone)]
-pub struct Upstream {
-    client: reqwest::Client,
-    idle_timeout: Duration,
-    /// The whole answer's budget: no retry wait may run past it.
-    budget: Duration,
-    retries: u32,
-}
-
 /// What every HTTP provider sends a question with: where, which key, and the model's settings.
 pub struct Endpoint {
-    pub upstream: Upstream,
+    upstream: Upstream,
     pub url: Url,
     pub api_key: SecretString,
     pub model: String,
@@ -40,19 +34,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The endpoint at `path` under LLM_BASE_URL (`chat/completions`, `messages`).
-    pub fn new(config: &Config, path: &str) -> Result<Self, reqwest::Error> {
+    /// The endpoint at `path` under the target's base URL (`chat/completions`, `messages`).
+    pub fn new(config: &Config, target: &Target, path: &str) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            upstream: Upstream::new(config)?,
-            url: config
-                .base_url()
+            upstream: Upstream::new(config, target.role)?,
+            url: target
+                .base_url
                 .join(path)
-                .unwrap_or_else(|_| config.base_url()),
-            api_key: config
-                .llm_api_key
+                .unwrap_or_else(|_| target.base_url.clone()),
+            api_key: target
+                .api_key
                 .clone()
                 .unwrap_or_else(|| SecretString::from(String::new())),
-            model: config.model(),
+            model: target.model.clone(),
             max_tokens: config.llm_max_tokens,
             temperature: config.llm_temperature,
             system_prompt: config.llm_system_prompt.clone(),
@@ -101,22 +95,6 @@ enum Received {
     NotUtf8,
 }
 
-/// The most of an error body kept for the log: enough to diagnose, never sent to the client.
-const ERROR_BODY_LOG_BYTES: usize = 2048;
-
-/// The first retry's wait before jitter; each further retry doubles it.
-const RETRY_BASE: Duration = Duration::from_millis(250);
-
-/// The longest `Retry-After` we wait out: past it, a person is better told to come back later.
-const RETRY_AFTER_CAP_SECS: u64 = 10;
-
-/// A failed attempt: what the client would be told, and what decides whether to try again.
-struct Failure {
-    error: StreamError,
-    status: Option<u16>,
-    retry_after: Option<u64>,
-}
-
 /// Why reading the upstream's body stopped.
 #[derive(Debug, thiserror::Error)]
 enum ReadError {
@@ -126,38 +104,24 @@ enum ReadError {
     Transport(#[from] reqwest::Error),
 }
 
-impl Upstream {
-    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.upstream_connect_timeout)
-            .user_agent(concat!("llm-stream/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self {
-            client,
-            idle_timeout: config.upstream_idle_timeout,
-            budget: config.stream_timeout,
-            retries: config.llm_retries,
-        })
-    }
-
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
-    }
-
-    /// The answer to `request`, decoded by `decoder`: the call (with its retries), then each
+impl Endpoint {
+    /// The answer to `request`, decoded by `decoder`: the call (with its `attempts`), then each
     /// upstream event through the decoder, until a `Finish`, an error or the end of the body.
     /// Nothing is sent until the stream is first polled; dropping it closes the connection.
-    pub fn stream<D: Decoder>(&self, request: RequestBuilder, mut decoder: D) -> EventStream {
-        let upstream = self.clone();
-        // Taken now, a moment before the handler starts the same budget's clock: never later than it.
-        let deadline = Instant::now() + self.budget;
+    pub fn stream<D: Decoder>(
+        &self,
+        request: RequestBuilder,
+        mut decoder: D,
+        attempts: Attempts,
+    ) -> EventStream {
+        let upstream = self.upstream.clone();
         Box::pin(stream! {
             // Retries happen only here, before the first event: once one has gone out, never.
-            let response = match upstream.open(request, deadline).await {
+            let response = match upstream.open(request, attempts).await {
                 Ok(response) => response,
                 Err(error) => { yield Err(error); return; }
             };
-            let mut events = std::pin::pin!(upstream.events(response));
+            let mut events = std::pin::pin!(events(response, upstream.idle_timeout()));
             let mut malformed = 0_u32;
             while let Some(received) = events.next().await {
                 let fed = match received {
@@ -190,103 +154,17 @@ impl Upstream {
             }
         })
     }
+}
 
-    /// Sends the request, retrying connect errors, 5xx (529 included) and 429 up to
-    /// LLM_RETRIES times with jittered exponential backoff or the upstream's `Retry-After`, as
-    /// long as the wait ends before `deadline`; a failure is mapped onto the in-band error the
-    /// client will see.
-    async fn open(
-        &self,
-        request: RequestBuilder,
-        deadline: Instant,
-    ) -> Result<Response, StreamError> {
-        let mut attempt = 0_u32;
-        loop {
-            attempt += 1;
-            // A JSON body always clones; a streaming one could not be sent twice.
-            let Some(this_try) = request.try_clone() else {
-                return self.send(request).await.map_err(|failure| failure.error);
-            };
-            let failure = match self.send(this_try).await {
-                Ok(response) => return Ok(response),
-                Err(failure) => failure,
-            };
-            let Some(wait) = self.retry_wait(&failure, attempt, deadline) else {
-                return Err(failure.error);
-            };
-            tracing::warn!(
-                attempt,
-                retries = self.retries,
-                status = failure.status,
-                wait_ms = wait.as_millis() as u64,
-                error = failure.error.code(),
-                "upstream call failed before the first token; retrying"
-            );
-            tokio::time::sleep(wait).await;
-        }
-    }
-
-    /// One attempt.
-    async fn send(&self, request: RequestBuilder) -> Result<Response, Failure> {
-        let failed = |error| Failure {
-            error,
-            status: None,
-            retry_after: None,
-        };
-        let response = tokio::time::timeout(self.idle_timeout, request.send())
-            .await
-            .inspect(crate::metrics::upstream_response)
-            .map_err(|_| failed(StreamError::Timeout))?
-            .map_err(|error| {
-                tracing::warn!(error = %error.without_url(), "upstream request failed");
-                failed(StreamError::UpstreamUnavailable)
-            })?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let failure = Failure {
-            error: status_error(status, &response),
-            status: Some(status.as_u16()),
-            retry_after: retry_after(&response),
-        };
-        let body = error_body(response).await;
-        tracing::warn!(status = status.as_u16(), body = %body, "upstream refused the request");
-        Err(failure)
-    }
-
-    /// How long to wait before trying `failure`'s call again, or `None` to give up: it cannot
-    /// help (4xx but 429, a timeout), the retries are spent, the upstream asks for a longer wait
-    /// than we hold a person for, or the wait would outlast the answer's budget.
-    fn retry_wait(&self, failure: &Failure, attempt: u32, deadline: Instant) -> Option<Duration> {
-        let transient = matches!(
-            failure.error,
-            StreamError::UpstreamUnavailable | StreamError::UpstreamRateLimited { .. }
-        );
-        if !transient || attempt > self.retries {
-            return None;
-        }
-        // 250 ms, 500 ms, 1 s … each ±50%, so that many streams failing together spread out.
-        let backoff = RETRY_BASE
-            .saturating_mul(1 << (attempt - 1).min(16))
-            .mul_f64(0.5 + fastrand::f64());
-        let wait = match failure.retry_after {
-            Some(secs) if secs > RETRY_AFTER_CAP_SECS => return None,
-            Some(secs) => backoff.max(Duration::from_secs(secs)),
-            None => backoff,
-        };
-        (Instant::now() + wait < deadline).then_some(wait)
-    }
-
-    /// The upstream's SSE events' data, in order; ends at the end of the body. An event with bytes
-    /// that are not UTF-8 is only marked, so that it cannot end the stream.
-    /// A read error ends it with `StreamInterrupted`, silence longer than the idle timeout with `Timeout`.
-    fn events(
-        &self,
-        response: Response,
-    ) -> impl Stream<Item = Result<Received, StreamError>> + Send + use<> {
-        let bytes = idle_limited(response.bytes_stream(), self.idle_timeout);
-        SseByteStream::new(utf8_guard::guard(bytes))
+/// The upstream's SSE events' data, in order; ends at the end of the body. An event with bytes
+/// that are not UTF-8 is only marked, so that it cannot end the stream.
+/// A read error ends it with `StreamInterrupted`, silence longer than the idle timeout with `Timeout`.
+fn events(
+    response: Response,
+    idle_timeout: Duration,
+) -> impl Stream<Item = Result<Received, StreamError>> + Send + use<> {
+    let bytes = idle_limited(response.bytes_stream(), idle_timeout);
+    SseByteStream::new(utf8_guard::guard(bytes))
             .map_err(|error| {
                 let idle = matches!(&error, sse_stream::Error::Body(inner) if matches!(inner.downcast_ref(), Some(ReadError::Idle)));
                 tracing::debug!(%error, "upstream stream ended early");
@@ -303,7 +181,6 @@ impl Upstream {
                     event.data.map(Received::Data)
                 })
             })
-    }
 }
 
 /// The body's chunks, ended with [`ReadError::Idle`] when none comes for `idle`. One timer for
@@ -335,45 +212,4 @@ fn idle_limited(
         done = true;
         Poll::Ready(next)
     })
-}
-
-/// Maps an HTTP failure status onto our error codes.
-fn status_error(status: StatusCode, response: &Response) -> StreamError {
-    match status.as_u16() {
-        401 | 403 => StreamError::UpstreamAuth,
-        429 => StreamError::UpstreamRateLimited {
-            retry_after: retry_after(response),
-        },
-        400..=499 => StreamError::UpstreamRejected,
-        _ => StreamError::UpstreamUnavailable,
-    }
-}
-
-/// The upstream's `Retry-After`, in whole seconds, when it gives one.
-pub fn retry_after(response: &Response) -> Option<u64> {
-    let value = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| s.ceil() as u64)
-}
-
-/// The start of an error body, for the log only.
-async fn error_body(response: Response) -> String {
-    let mut body = Vec::new();
-    let mut chunks = response.bytes_stream();
-    while body.len() < ERROR_BODY_LOG_BYTES {
-        match tokio::time::timeout(Duration::from_secs(2), chunks.next()).await {
-            Ok(Some(Ok(chunk))) => body.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    body.truncate(ERROR_BODY_LOG_BYTES);
-    String::from_utf8_lossy(&body).into_owned()
 }

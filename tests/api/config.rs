@@ -33,6 +33,28 @@ fn a_bad_setting_stops_start_up_with_one_line_that_names_it() {
         (vec![("LISTEN_ADDR", "127.0.0.1:99999")], "LISTEN_ADDR"),
         (vec![("METRICS_ADDR", "not-an-address")], "METRICS_ADDR"),
         (vec![("METRICS_ADDR", "127.0.0.1")], "METRICS_ADDR"),
+        (
+            vec![("LLM_FALLBACK_BASE_URL", "not a url")],
+            "LLM_FALLBACK_BASE_URL",
+        ),
+        (
+            vec![("LLM_FALLBACK_PROVIDER", "gemini")],
+            "LLM_FALLBACK_PROVIDER",
+        ),
+        (
+            vec![("LLM_FALLBACK_PROVIDER", "anthropic")],
+            "LLM_FALLBACK_API_KEY",
+        ),
+        (vec![("LLM_FALLBACK_API_KEY", " ")], "LLM_FALLBACK_API_KEY"),
+        (vec![("LLM_FALLBACK_MODEL", "gpt-4o")], "LLM_FALLBACK_MODEL"),
+        (
+            vec![("UPSTREAM_BREAKER_FAILURES", "0")],
+            "UPSTREAM_BREAKER_FAILURES",
+        ),
+        (
+            vec![("UPSTREAM_BREAKER_OPEN_SECS", "-1")],
+            "UPSTREAM_BREAKER_OPEN_SECS",
+        ),
     ] {
         let output = exit_of(llm_stream(&env));
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -110,6 +132,12 @@ fn help_lists_every_setting_with_its_default() {
         "MAX_STREAMS",
         "TRUSTED_PROXIES",
         "CORS_ALLOWED_ORIGINS",
+        "LLM_FALLBACK_PROVIDER",
+        "LLM_FALLBACK_BASE_URL",
+        "LLM_FALLBACK_API_KEY",
+        "LLM_FALLBACK_MODEL",
+        "UPSTREAM_BREAKER_FAILURES",
+        "UPSTREAM_BREAKER_OPEN_SECS",
     ] {
         assert!(
             help.contains(&format!("[env: {setting}")),
@@ -241,4 +269,48 @@ async fn the_api_key_never_appears_in_a_log_line_or_an_event() {
         !String::from_utf8_lossy(&help.stdout).contains(key),
         "--help shows no key"
     );
+}
+
+#[tokio::test]
+async fn neither_key_appears_in_a_log_line_when_the_fallback_answers_or_fails() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let primary = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let fallback = crate::mock_upstream::MockUpstream::start().await;
+    fallback.always(crate::mock_upstream::Reply::status(
+        401,
+        r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+    ));
+    let (key, fallback_key) = ("sk-live-PRIMARY-1234567890", "sk-ant-FALLBACK-0987654321");
+    let (child, address, logs) = start(&[
+        ("LLM_API_KEY", key),
+        ("LLM_BASE_URL", &primary),
+        ("LLM_FALLBACK_PROVIDER", "anthropic"),
+        ("LLM_FALLBACK_BASE_URL", &fallback.url()),
+        ("LLM_FALLBACK_API_KEY", fallback_key),
+        ("RUST_LOG", "trace"),
+    ]);
+
+    let body = ask_hello(&address).await;
+    drop(child);
+
+    assert!(body.contains("upstream_auth"), "{body}");
+    assert_eq!(
+        fallback.requests()[0].header("x-api-key").as_deref(),
+        Some(fallback_key)
+    );
+    let logged: Vec<String> = logs.try_iter().collect();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("the fallback answers") && l.contains("upstream=\"primary\"")),
+        "the primary's failure is logged as a warning naming it: {logged:?}"
+    );
+    for secret in [key, fallback_key] {
+        assert!(!body.contains(secret));
+        assert!(
+            logged.iter().all(|l| !l.contains(secret)),
+            "a key leaked into the log"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// A series' value in Prometheus text, e.g. `llm_stream_streams_total{outcome="done"}`; 0 when absent.
-fn value(text: &str, series: &str) -> f64 {
+pub fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| {
@@ -23,14 +23,14 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn scrape(app: &TestApp) -> String {
+pub async fn scrape(app: &TestApp) -> String {
     let response = app.get("/metrics").await;
     assert_eq!(response.status(), 200);
     response.text().await.unwrap()
 }
 
 /// Scrapes until `check` holds on the text, or fails after the deadline.
-async fn scrape_until(app: &TestApp, what: &str, check: impl Fn(&str) -> bool) -> String {
+pub async fn scrape_until(app: &TestApp, what: &str, check: impl Fn(&str) -> bool) -> String {
     let last = std::cell::RefCell::new(String::new());
     eventually(&format!("/metrics to show {what}"), DEADLINE, || async {
         let text = scrape(app).await;
@@ -71,7 +71,7 @@ async fn metrics_are_served_in_prometheus_text_format() {
         "# TYPE llm_stream_upstream_responses_total counter",
         r#"llm_stream_first_token_seconds_bucket{le="+Inf"}"#,
         r#"llm_stream_refusals_total{reason="invalid_query"}"#,
-        r#"llm_stream_upstream_responses_total{status="200"}"#,
+        r#"llm_stream_upstream_responses_total{upstream="primary",status="200"}"#,
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
@@ -280,7 +280,8 @@ crate::both_stores! {
     }
 
     async fn an_upstream_500_is_counted_by_status() {
-        const STATUS_500: &str = r#"llm_stream_upstream_responses_total{status="500"}"#;
+        const STATUS_500: &str =
+            r#"llm_stream_upstream_responses_total{upstream="primary",status="500"}"#;
         const UNAVAILABLE: &str = r#"llm_stream_streams_total{outcome="upstream_unavailable"}"#;
         let app = spawn_app_with(|config| config.llm_retries = 0).await;
         app.mock

@@ -24,6 +24,27 @@ pub enum Step {
     Sleep(Duration),
     /// Write as fast as the client takes it, counting the bytes, until the client stops reading long enough.
     Flood,
+    /// Wait until the test opens this gate.
+    Gate(Gate),
+}
+
+/// A point in a scripted body that waits for the test: `open` lets every reply waiting on it go on.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Gate {
+    pub fn new() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+
+    pub fn open(&self) {
+        // A closed semaphore turns every wait, present and future, away at once.
+        self.0.close();
+    }
+
+    async fn passed(&self) {
+        let _ = self.0.acquire().await;
+    }
 }
 
 /// How the reply ends after its steps.
@@ -258,6 +279,7 @@ impl MockUpstream {
                     self.state.lock().unwrap().last_write = Some(Instant::now());
                 }
                 Step::Sleep(pause) => tokio::time::sleep(pause).await,
+                Step::Gate(gate) => gate.passed().await,
                 Step::Flood => {
                     let chunk = b"data: {\"choices\":[{\"delta\":{\"content\":\"flood \"}}]}\n\n"
                         .repeat(64);
@@ -281,6 +303,93 @@ impl MockUpstream {
                 let _ = watcher.await;
             }
         }
+    }
+}
+
+/// How an upstream fails below HTTP.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Accept each connection and close it at once, as a restarting server or a proxy does.
+    Close,
+    /// Read the request and never answer, holding the connection until the client closes it.
+    Silent,
+}
+
+/// An upstream that fails below HTTP, recording when each connection was accepted.
+pub struct Faulty {
+    pub address: SocketAddr,
+    accepted: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Faulty {
+    pub async fn start(fault: Fault) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind faulty upstream");
+        let address = listener.local_addr().expect("faulty address");
+        let accepted: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let seen = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                seen.lock().unwrap().push(Instant::now());
+                if fault == Fault::Silent {
+                    tokio::spawn(async move {
+                        let mut buf = [0_u8; 4096];
+                        while let Ok(1..) = socket.read(&mut buf).await {}
+                    });
+                }
+            }
+        });
+        Self { address, accepted }
+    }
+
+    /// The base URL, as LLM_BASE_URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.address)
+    }
+
+    /// When each connection was accepted, in order.
+    pub fn accepted_at(&self) -> Vec<Instant> {
+        self.accepted.lock().unwrap().clone()
+    }
+}
+
+/// A base URL on which nothing listens: every connection is refused.
+pub fn refusing_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to free");
+    let address = listener.local_addr().expect("its address");
+    drop(listener);
+    format!("http://{address}/v1")
+}
+
+/// A listener whose accept queue is full and never served: a connection to it waits out the
+/// connect timeout, as one to a host that drops packets does.
+pub struct Unreachable {
+    pub address: SocketAddr,
+    _listener: TcpListener,
+    _filler: TcpStream,
+}
+
+impl Unreachable {
+    pub async fn start() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind("127.0.0.1:0".parse().unwrap())
+            .expect("bind unreachable upstream");
+        // A backlog of 0 holds one connection: the filler takes it, and the kernel drops the
+        // SYNs of every later one.
+        let listener = socket.listen(0).expect("listen");
+        let address = listener.local_addr().expect("unreachable address");
+        let filler = TcpStream::connect(address).await.expect("fill the backlog");
+        Self {
+            address,
+            _listener: listener,
+            _filler: filler,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.address)
     }
 }
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 mod access;
 mod answers;
 mod conversation;
+mod fallback;
 mod hostile;
 mod long;
 mod looks;

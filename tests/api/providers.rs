@@ -1,7 +1,9 @@
 //! The providers: Anthropic's Messages stream, reasoning text from both families, retries before
-//! the first token, and transcripts of the OpenAI-compatible servers people run.
+//! the first token, a fallback upstream and its breaker, and transcripts of the OpenAI-compatible
+//! servers people run.
 
 mod anthropic;
+mod fallback;
 mod junk_events;
 mod keep_alive;
 mod reasoning;
