@@ -42,8 +42,10 @@ export function lastQuestion() {
   return run ? run.q : null;
 }
 
+/** The answer's words, counted in its source as received (as every note counts them): what the
+ * screen shows may not have had its last frame yet. */
 function answerWords(r) {
-  return plural(countWords(r.turn.answer.innerText), "word");
+  return plural(countWords(r.turn.source()), "word");
 }
 
 function closeStream() {
@@ -229,7 +231,7 @@ function onMessage(r, ev) {
     r.lastAt = now;
     r.turn.append(msg.token);
     showProgress(r);
-    announceProgress(() => plural(countWords(r.turn.source()), "word") + " so far");
+    announceProgress(() => answerWords(r) + " so far");
   }
   if (msg.finish_reason !== undefined && msg.finish_reason !== null) {
     r.finish = String(msg.finish_reason);
