@@ -5,7 +5,7 @@
 // Plain ES modules, no build step: stream.js runs one question's stream, conversation.js keeps
 // the conversation, turns.js shows its turns, markdown.js renders, view.js shows the rest,
 // announce.js speaks, refusals.js explains refusals, resume.js remembers the answer in progress,
-// clipboard.js copies.
+// clipboard.js copies, id.js knows the shape of the server's ids.
 
 import { announce } from "./announce.js";
 import { copyText } from "./clipboard.js";

@@ -7,6 +7,7 @@
 import { announce, announceError, announceProgress, announceStart, clearAnnouncements }
   from "./announce.js";
 import { adopt, conversationId } from "./conversation.js";
+import { isId } from "./id.js";
 import { countWords } from "./markdown.js";
 import { explainRefusal, startCountdown, stopCountdown } from "./refusals.js";
 import * as saved from "./resume.js";
@@ -170,7 +171,7 @@ function onStreamOpened(r, ev) {
   } catch {
     return;
   }
-  if (!msg || typeof msg.stream !== "string") return;
+  if (!msg || !isId(msg.stream)) return;
   r.stream = msg.stream;
   if (Number.isSafeInteger(msg.turn)) r.number = msg.turn;
   if (adopt(msg.conversation, r.asked)) {

@@ -10,6 +10,7 @@ mod access;
 mod answers;
 mod conversation;
 mod hostile;
+mod ids;
 mod long;
 mod looks;
 mod markdown;
