@@ -148,22 +148,6 @@ async fn with_reduced_motion_the_status_light_does_not_pulse() {
     assert_eq!(reduced, "none");
 }
 
-/// Records the text of every token the page's EventSources receive, as `window.__received`.
-const RECORD_RECEIVED: &str = "
-    window.__received = '';
-    const Original = window.EventSource;
-    window.EventSource = class extends Original {
-        constructor(...args) {
-            super(...args);
-            this.addEventListener('message', (ev) => {
-                try {
-                    const msg = JSON.parse(ev.data);
-                    if (msg && typeof msg.token === 'string') window.__received += msg.token;
-                } catch { /* [DONE] */ }
-            });
-        }
-    };";
-
 #[tokio::test]
 async fn after_stop_the_status_region_counts_the_words_received_as_the_progress_note_does() {
     // Arrange: a sentence, then a shell block whose lines come 150 ms apart. Rendered, the block's
@@ -181,7 +165,7 @@ async fn after_stop_the_status_region_counts_the_words_received_as_the_progress_
     })));
     let browser = open_page(&app).await;
     browser.js(RECORD_REGIONS).await;
-    browser.js(RECORD_RECEIVED).await;
+    browser.js(RECORD_EVENT_SOURCES).await;
     ask(&browser, "How do I start?").await;
     let shown = browser
         .wait_for(
@@ -206,8 +190,7 @@ async fn after_stop_the_status_region_counts_the_words_received_as_the_progress_
 
     // Assert: the words announced are the words received (each piece of the source between
     // spaces holds one word: "```sh" is the word "sh"), as many as were on screen or more.
-    let received = browser.js("return window.__received;").await;
-    let received = received.as_str().expect("the text received");
+    let received = event_sources(&browser).await.received;
     let count = received.split_whitespace().count();
     assert!(
         count as u64 >= shown.as_u64().expect("a count"),
@@ -231,7 +214,7 @@ async fn at_the_end_the_status_region_counts_the_words_received() {
     )));
     let browser = open_page(&app).await;
     browser.js(RECORD_REGIONS).await;
-    browser.js(RECORD_RECEIVED).await;
+    browser.js(RECORD_EVENT_SOURCES).await;
 
     // Act
     ask(&browser, "How do I start?").await;
@@ -245,9 +228,9 @@ async fn at_the_end_the_status_region_counts_the_words_received() {
         .await;
 
     // Assert: "Run", "this", "sh", "cargo", "new", "hello".
-    let received = browser.js("return window.__received;").await;
     assert_eq!(
-        received, "Run this:\n\n```sh\ncargo new hello\n```\n",
+        event_sources(&browser).await.received,
+        "Run this:\n\n```sh\ncargo new hello\n```\n",
         "what was received"
     );
     assert_eq!(said, "Answer complete, 6 words");

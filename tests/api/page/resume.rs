@@ -253,6 +253,7 @@ async fn a_reload_mid_answer_shows_the_question_and_continues_the_answer_without
     assert_eq!(done.answer, tokens.concat().trim_end());
     assert_eq!(app.mock.request_count(), 1);
     // No cancel: the upstream connection stayed open until the mock had written it all.
+    app.mock.wait_for_closed(1, DEADLINE).await;
     let last_write = app.mock.last_write_at().expect("the mock wrote");
     assert!(
         app.mock
@@ -321,6 +322,10 @@ async fn stop_and_escape_cancel_the_upstream_within_a_second_despite_a_long_grac
 
     // Assert: each upstream connection closed within a second; the page stopped at once.
     let closed = app.mock.closed_at();
+    assert!(
+        closed[0] >= stopped_at && closed[1] >= escaped_at,
+        "an upstream connection closed before its Stop or Escape"
+    );
     let after_stop = closed[0].duration_since(stopped_at);
     let after_escape = closed[1].duration_since(escaped_at);
     println!("upstream closed {after_stop:?} after Stop, {after_escape:?} after Escape");
