@@ -2,10 +2,11 @@
 // New conversation, each answer's Copy and each code block's Copy; and on load the conversation
 // and the answer a previous page left in progress.
 //
-// Plain ES modules, no build step: stream.js runs one question's stream, conversation.js keeps
-// the conversation, turns.js shows its turns, markdown.js renders, view.js shows the rest,
-// announce.js speaks, refusals.js explains refusals, resume.js remembers the answer in progress,
-// clipboard.js copies.
+// Plain ES modules, no build step: stream.js asks and stops, each question one run (run.js) that
+// ends one way (endings.js) and lives through the page going away and back (lifecycle.js);
+// conversation.js keeps the conversation, turns.js shows its turns, markdown.js renders, view.js
+// shows the rest, announce.js speaks, refusals.js explains refusals, resume.js remembers the
+// answer in progress, clipboard.js copies, id.js knows the shape of the server's ids.
 
 import { announce } from "./announce.js";
 import { copyText } from "./clipboard.js";

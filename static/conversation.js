@@ -2,17 +2,18 @@
 // and its earlier turns, fetched back from the server after a reload. The history itself lives on
 // the server (GET /api/conversations/<id>), never here nor in a URL.
 
+import { isId } from "./id.js";
+
 const KEY = "llm-stream.conversation";
 const URL_BASE = "/api/conversations/";
 const FETCH_TIMEOUT_MS = 8000;
-const ID = /^[0-9a-f]{16,64}$/;
 
 let current = load();
 
 function load() {
   try {
     const id = sessionStorage.getItem(KEY);
-    return id && ID.test(id) ? id : null;
+    return isId(id) ? id : null;
   } catch {
     return null;
   }
@@ -28,7 +29,7 @@ export function conversationId() {
  * asked in: the asked one had expired (or was unknown) and this question starts a new one.
  */
 export function adopt(id, asked) {
-  if (typeof id !== "string" || !ID.test(id)) return false;
+  if (!isId(id)) return false;
   current = id;
   try {
     sessionStorage.setItem(KEY, id);

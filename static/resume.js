@@ -6,6 +6,8 @@
 // with the same ids; keeping the partial Markdown here instead would mean rewriting a growing
 // string on every event.
 
+import { isId } from "./id.js";
+
 const KEY = "llm-stream.answer";
 
 /** The event id's number: `<stream>:<n>` → n; null for anything else. */
@@ -42,8 +44,7 @@ export function load() {
   } catch {
     saved = null;
   }
-  if (!saved || typeof saved.q !== "string" || typeof saved.stream !== "string" ||
-      !/^[0-9a-f]{8,64}$/.test(saved.stream)) {
+  if (!saved || typeof saved.q !== "string" || !isId(saved.stream)) {
     return null;
   }
   return saved;

@@ -11,6 +11,7 @@ mod answers;
 mod conversation;
 mod fallback;
 mod hostile;
+mod ids;
 mod long;
 mod looks;
 mod markdown;
@@ -118,16 +119,6 @@ async fn ask(browser: &Browser, question: &str) {
     browser.click("#ask").await;
 }
 
-/// Requests the page made to `/api/stream` and that have ended, by the browser's own record.
-async fn stream_requests_seen_by_the_browser(browser: &Browser) -> u64 {
-    browser
-        .js("return performance.getEntriesByType('resource')
-                .filter((e) => new URL(e.name).pathname === '/api/stream').length;")
-        .await
-        .as_u64()
-        .expect("a count")
-}
-
 #[tokio::test]
 async fn the_page_is_served_with_security_headers_and_long_cached_versioned_assets() {
     // Arrange
@@ -194,6 +185,52 @@ async fn the_page_is_served_with_security_headers_and_long_cached_versioned_asse
     let missing = app.get(&script.replace("app.js", "nope.js")).await;
     assert_eq!(missing.status(), 404);
     assert!(!header(&missing, "cache-control").contains("max-age"));
+}
+
+/// Records every EventSource the page opens from now on, and the text of every token they
+/// receive (read with [`event_sources`]). Run before the page asks.
+const RECORD_EVENT_SOURCES: &str = "
+    window.__sources = [];
+    window.__received = '';
+    const Original = window.EventSource;
+    window.EventSource = class extends Original {
+        constructor(...args) {
+            super(...args);
+            window.__sources.push(this);
+            this.__errors = 0;
+            this.addEventListener('error', () => { this.__errors += 1; });
+            this.addEventListener('message', (ev) => {
+                try {
+                    const msg = JSON.parse(ev.data);
+                    if (msg && typeof msg.token === 'string') window.__received += msg.token;
+                } catch { /* [DONE] */ }
+            });
+        }
+    };";
+
+/// What the EventSources the page opened since [`RECORD_EVENT_SOURCES`] did.
+#[derive(Debug, Deserialize)]
+struct EventSources {
+    /// The URL of each, in order.
+    opened: Vec<String>,
+    /// How many are not closed: connecting, reconnecting or open.
+    not_closed: usize,
+    /// Their error events: each lost connection (before it reconnects) and each failed attempt.
+    errors: usize,
+    /// The text of every token they received.
+    received: String,
+}
+
+async fn event_sources(browser: &Browser) -> EventSources {
+    let found = browser
+        .js("return {
+                 opened: window.__sources.map((s) => s.url),
+                 not_closed: window.__sources.filter((s) => s.readyState !== EventSource.CLOSED).length,
+                 errors: window.__sources.reduce((n, s) => n + s.__errors, 0),
+                 received: window.__received,
+             };")
+        .await;
+    serde_json::from_value(found).expect("the page's EventSources, recorded")
 }
 
 /// The clipboard's text, read by the page (needs `clipboard-read` granted).

@@ -147,3 +147,91 @@ async fn with_reduced_motion_the_status_light_does_not_pulse() {
     assert_eq!(normally, "pulse");
     assert_eq!(reduced, "none");
 }
+
+#[tokio::test]
+async fn after_stop_the_status_region_counts_the_words_received_as_the_progress_note_does() {
+    // Arrange: a sentence, then a shell block whose lines come 150 ms apart. Rendered, the block's
+    // language is a label drawn by CSS, not text: the answer's rendered text and its source differ.
+    let app = spawn_app().await;
+    let mut tokens = vec![
+        "Run".to_owned(),
+        " this:".to_owned(),
+        "\n\n```sh\n".to_owned(),
+    ];
+    tokens.extend((1..=40).map(|i| format!("cargo new w{i}\n")));
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    app.mock.always(Reply::sse(openai::paced(&refs, |_| {
+        Duration::from_millis(150)
+    })));
+    let browser = open_page(&app).await;
+    browser.js(RECORD_REGIONS).await;
+    browser.js(RECORD_EVENT_SOURCES).await;
+    ask(&browser, "How do I start?").await;
+    let shown = browser
+        .wait_for(
+            "several words on screen",
+            &format!(
+                "{VIEW} const n = view.answer.split(/\\s+/).filter(Boolean).length;
+                 return n >= 8 ? n : null;"
+            ),
+            &describe(),
+        )
+        .await;
+
+    // Act
+    browser.click("#stop").await;
+    let said = browser
+        .wait_for(
+            "the stop to be said",
+            "return window.__said.status.find((s) => s.startsWith('Answer stopped')) ?? null;",
+            "return window.__said;",
+        )
+        .await;
+
+    // Assert: the words announced are the words received (each piece of the source between
+    // spaces holds one word: "```sh" is the word "sh"), as many as were on screen or more.
+    let received = event_sources(&browser).await.received;
+    let count = received.split_whitespace().count();
+    assert!(
+        count as u64 >= shown.as_u64().expect("a count"),
+        "{received:?}"
+    );
+    assert_eq!(
+        said,
+        format!("Answer stopped, {count} words"),
+        "{received:?}"
+    );
+    assert_eq!(view(&browser).await.state, "stopped");
+}
+
+#[tokio::test]
+async fn at_the_end_the_status_region_counts_the_words_received() {
+    // Arrange: an answer whose rendering draws one of its words (the block's language) by CSS.
+    let app = spawn_app().await;
+    app.mock.always(Reply::sse(openai::answer(
+        &["Run", " this:", "\n\n```sh\n", "cargo new hello\n", "```\n"],
+        Duration::from_millis(20),
+    )));
+    let browser = open_page(&app).await;
+    browser.js(RECORD_REGIONS).await;
+    browser.js(RECORD_EVENT_SOURCES).await;
+
+    // Act
+    ask(&browser, "How do I start?").await;
+    wait_for_state(&browser, "done").await;
+    let said = browser
+        .wait_for(
+            "the end to be said",
+            "return window.__said.status.find((s) => s.startsWith('Answer complete')) ?? null;",
+            "return window.__said;",
+        )
+        .await;
+
+    // Assert: "Run", "this", "sh", "cargo", "new", "hello".
+    assert_eq!(
+        event_sources(&browser).await.received,
+        "Run this:\n\n```sh\ncargo new hello\n```\n",
+        "what was received"
+    );
+    assert_eq!(said, "Answer complete, 6 words");
+}

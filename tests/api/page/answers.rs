@@ -216,7 +216,7 @@ async fn stop_halts_the_answer_and_the_upstream_sees_its_connection_close() {
 }
 
 #[tokio::test]
-async fn after_done_the_page_asks_the_server_nothing_more_for_five_seconds() {
+async fn after_done_the_page_closes_its_stream_so_it_can_never_ask_again() {
     // Arrange
     let app = spawn_app().await;
     app.mock.always(Reply::sse(openai::answer(
@@ -224,18 +224,32 @@ async fn after_done_the_page_asks_the_server_nothing_more_for_five_seconds() {
         Duration::ZERO,
     )));
     let browser = open_page(&app).await;
+    browser.js(RECORD_EVENT_SOURCES).await;
 
     // Act
     ask(&browser, "Ask me once").await;
     let done = wait_for_state(&browser, "done").await;
-    // The one fixed wait of the suite: the assertion is that nothing happens in this window,
-    // longer than EventSource's ~3 s reconnection delay.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // An EventSource left open would reconnect by itself when the server ends the response (an
+    // error event, then a new request) until the server refuses it; a closed one never asks again.
+    browser
+        .wait_for(
+            "the page's EventSource to be closed",
+            "return window.__sources.length > 0
+                 && window.__sources.every((s) => s.readyState === EventSource.CLOSED);",
+            "return window.__sources.map((s) => [s.url, s.readyState]);",
+        )
+        .await;
 
     // Assert
     assert_eq!(done.answer, "Answered once.");
+    let sources = event_sources(&browser).await;
+    assert_eq!(sources.opened.len(), 1, "{sources:?}");
+    assert_eq!(sources.not_closed, 0, "{sources:?}");
+    assert_eq!(
+        sources.errors, 0,
+        "the stream was left to reconnect: {sources:?}"
+    );
     assert_eq!(app.mock.request_count(), 1, "the question was asked again");
-    assert_eq!(stream_requests_seen_by_the_browser(&browser).await, 1);
     assert_eq!(view(&browser).await.state, "done");
 }
 

@@ -206,11 +206,17 @@ async fn wait_until_done(browser: &Browser) -> View {
 
 async fn numbers(browser: &Browser, expression: &str) -> Vec<f64> {
     let value = browser.js(&format!("return {expression};")).await;
+    // A hole (an event never seen arriving, a token never seen shown) fails here: as NaN it
+    // would pass every comparison below unnoticed.
     value
         .as_array()
         .expect("an array")
         .iter()
-        .map(|v| v.as_f64().unwrap_or(f64::NAN))
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_f64()
+                .unwrap_or_else(|| panic!("{expression}[{i}] is {v}, not a time"))
+        })
         .collect()
 }
 

@@ -61,7 +61,7 @@ async fn a_markdown_answer_with_code_is_screenshotted_light_and_dark_at_360_px_a
 
             // Assert: nothing wider than the screen; code coloured; a real image written.
             assert!(
-                layout["page_width"].as_u64() <= Some(width),
+                layout["page_width"].as_u64().expect("the page's width") <= width,
                 "{device} {scheme}: {layout}"
             );
             assert_ne!(

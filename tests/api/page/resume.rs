@@ -1,6 +1,6 @@
 //! Drops, reloads and stopping: a cut connection reconnects and the answer completes exactly, a
-//! refused resume keeps the partial text and says why, a reload continues the answer, and Stop or
-//! Escape cancel the model at once whatever the grace.
+//! refused resume keeps the partial text and says why, a reload or a return from the back-forward
+//! cache continues the answer, and Stop or Escape cancel the model at once whatever the grace.
 
 use std::{
     net::SocketAddr,
@@ -254,6 +254,7 @@ async fn a_reload_mid_answer_shows_the_question_and_continues_the_answer_without
     assert_eq!(done.answer, tokens.concat().trim_end());
     assert_eq!(app.mock.request_count(), 1);
     // No cancel: the upstream connection stayed open until the mock had written it all.
+    app.mock.wait_for_closed(1, DEADLINE).await;
     let last_write = app.mock.last_write_at().expect("the mock wrote");
     assert!(
         app.mock
@@ -283,6 +284,56 @@ async fn a_reload_mid_answer_shows_the_question_and_continues_the_answer_without
             .await,
         Value::Null,
         "nothing left to resume once done"
+    );
+}
+
+#[tokio::test]
+async fn back_from_the_back_forward_cache_mid_answer_the_page_continues_the_answer_exactly() {
+    // Arrange: the page ten words into counting to sixty, recording how it is shown again.
+    let app = spawn_app_with(|c| c.resume_grace = std::time::Duration::from_secs(10)).await;
+    let (tokens, reply) = numbered();
+    app.mock.always(reply);
+    let browser = open_page(&app).await;
+    browser
+        .js("window.__shown_again = [];
+             window.addEventListener('pageshow', (ev) => window.__shown_again.push(ev.persisted));")
+        .await;
+    ask(&browser, "Count to sixty").await;
+    wait_for_words(&browser, 10).await;
+    let stream = browser
+        .js("return JSON.parse(sessionStorage.getItem('llm-stream.answer')).stream;")
+        .await;
+
+    // Act: away to another page, and back.
+    browser.goto(&format!("{}/healthz", app.address)).await;
+    browser.client.back().await.expect("back");
+    let done = wait_for_state(&browser, "done").await;
+
+    // Assert: the same page, out of the cache; the stream continued from its start, the whole
+    // answer once in its one turn, from one upstream request.
+    assert_eq!(
+        browser.js("return window.__shown_again;").await,
+        serde_json::json!([true]),
+        "the page came back from the back-forward cache"
+    );
+    assert_eq!(done.turns, 1, "{done:?}");
+    assert_eq!(done.answer, tokens.concat().trim_end());
+    assert_eq!(done.error, "");
+    assert_eq!(app.mock.request_count(), 1);
+    let stream = stream.as_str().expect("a stream id");
+    let requests: Vec<String> = serde_json::from_value(
+        browser
+            .js(
+                "return performance.getEntriesByType('resource').map((e) => e.name)
+                     .filter((n) => n.includes('/api/stream'));",
+            )
+            .await,
+    )
+    .expect("names");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(
+        requests[1].ends_with(&format!("&last_event_id={stream}%3A0")),
+        "{requests:?}"
     );
 }
 
@@ -322,6 +373,10 @@ async fn stop_and_escape_cancel_the_upstream_within_a_second_despite_a_long_grac
 
     // Assert: each upstream connection closed within a second; the page stopped at once.
     let closed = app.mock.closed_at();
+    assert!(
+        closed[0] >= stopped_at && closed[1] >= escaped_at,
+        "an upstream connection closed before its Stop or Escape"
+    );
     let after_stop = closed[0].duration_since(stopped_at);
     let after_escape = closed[1].duration_since(escaped_at);
     println!("upstream closed {after_stop:?} after Stop, {after_escape:?} after Escape");
