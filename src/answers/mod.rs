@@ -1,10 +1,12 @@
 //! Answers that outlive a connection. A producer task per answer owns the upstream call, the stream
 //! slot, the deadline, the grace after its last reader and the cancel; it appends our events to the
 //! answer's log. A reader replays the log from any event and follows its live tail, here or, through
-//! the shared store, on another instance. Finished answers stay for RESUME_RETENTION_SECS, within
-//! RESUME_MAX_BYTES.
+//! the shared store, on another instance. This file is the registry: the answers this process
+//! produces, resume, cancel, and retention (finished answers stay for RESUME_RETENTION_SECS, within
+//! RESUME_MAX_BYTES); `presence` is who reads each answer.
 
 mod control;
+mod presence;
 mod producer;
 mod reader;
 
@@ -19,21 +21,16 @@ use futures_util::Stream;
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+pub use presence::Presence;
+
 use crate::store::log::{Kind, Log};
 use crate::{
     client::ClientId,
     config::Config,
     llm::EventStream,
-    store::{Signal, Slot, Store},
+    store::{Slot, Store},
     telemetry::StreamReport,
 };
-
-/// Who reads an answer now: the latest reader wins, and an older one still attached ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Presence {
-    pub reader: u64,
-    pub attached: bool,
-}
 
 /// One answer produced by this process.
 pub struct Answer {
@@ -45,17 +42,6 @@ pub struct Answer {
     control: control::Control,
     presence: watch::Sender<Presence>,
     resumed: std::sync::atomic::AtomicU32,
-}
-
-impl Answer {
-    /// Changes who reads the answer (`change` says whether it did); the producer and the readers
-    /// then look again.
-    fn change_presence(&self, change: impl FnOnce(&mut Presence) -> bool) {
-        if self.presence.send_if_modified(change) {
-            self.control.presence_changed();
-            self.log.wake();
-        }
-    }
 }
 
 /// The settings answers live by.
@@ -229,42 +215,6 @@ impl Answers {
         self.store.cancel_elsewhere(id).await
     }
 
-    /// A signal from another instance.
-    pub fn on_signal(&self, signal: Signal) {
-        let registry = self.lock();
-        match signal {
-            Signal::Cancel(id) => {
-                if let Some(answer) = registry.answers.get(&id) {
-                    answer.control.cancel();
-                }
-            }
-            Signal::Reader { id, reader } => {
-                let presence = Presence {
-                    reader,
-                    attached: true,
-                };
-                if let Some(answer) = registry.answers.get(&id) {
-                    answer.change_presence(|p| std::mem::replace(p, presence) != presence);
-                }
-                if let Some(follower) = registry.followers.get(&id) {
-                    follower.send_replace(presence);
-                }
-            }
-            Signal::Left { id, reader } => {
-                let left = |p: &mut Presence| {
-                    let mine = p.reader == reader && p.attached;
-                    if mine {
-                        p.attached = false;
-                    }
-                    mine
-                };
-                if let Some(answer) = registry.answers.get(&id) {
-                    answer.change_presence(left);
-                }
-            }
-        }
-    }
-
     /// Grows a running answer's `room` to hold its `kept` bytes and a step more, evicting the
     /// oldest finished answers while the store is over RESUME_MAX_BYTES; false when the answer would
     /// not fit even with every finished answer evicted.
@@ -316,29 +266,6 @@ impl Answers {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Registers a reader here of an answer produced elsewhere; the watch says when it is superseded.
-    fn follower(&self, id: &str, presence: Presence) -> watch::Receiver<Presence> {
-        let mut registry = self.lock();
-        let sender = registry
-            .followers
-            .entry(id.to_owned())
-            .or_insert_with(|| watch::channel(presence).0);
-        sender.send_replace(presence);
-        sender.subscribe()
-    }
-
-    /// Forgets a follower, unless a newer reader here took its place.
-    fn unfollow(&self, id: &str, reader: u64) {
-        let mut registry = self.lock();
-        if registry
-            .followers
-            .get(id)
-            .is_some_and(|sender| sender.borrow().reader == reader)
-        {
-            registry.followers.remove(id);
-        }
     }
 
     /// Forgets the finished answers whose retention is over.
