@@ -1,7 +1,8 @@
 //! llm-stream: stream a language model's answer to the browser, token by token, over Server-Sent Events.
 //!
 //! The path of one request: `startup` wires actix → `fetch_metadata` (did a foreign page send it)
-//! → `routes::stream` (`query` held to UTF-8, validate `q`, admit it through
+//! → `routes::auth` (with AUTH_*: who is asking, the token verified by `auth`; `client` is a
+//! user or an address) → `routes::stream` (`query` held to UTF-8, validate `q`, admit it through
 //! the `store`: rate and stream slot) → `answers` (a producer task per answer owns the upstream call
 //! from `llm` and appends our events to the answer's log; a reader replays and follows that log, here
 //! or on another instance) → `sse` (data lines, frames with ids) → the client.
@@ -11,6 +12,7 @@
 //! stream leaves) and `metrics` (what `GET /metrics` shows).
 
 pub mod answers;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
