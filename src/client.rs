@@ -146,13 +146,14 @@ impl Client {
             .requests_per_minute
             .unwrap_or(config.rate_limit_per_minute);
         // A plan that sets its rate but not its burst gets its rate as its burst, as the settings do.
-        let burst = self.limits.burst.unwrap_or(
-            if self.limits.requests_per_minute.is_some() {
+        let burst = self
+            .limits
+            .burst
+            .unwrap_or(if self.limits.requests_per_minute.is_some() {
                 per_minute
             } else {
                 config.rate_limit_burst()
-            },
-        );
+            });
         Plan {
             per_minute,
             burst,

@@ -36,7 +36,9 @@ pub enum Refusal {
     #[error("{message}")]
     Unauthorized { message: String, invalid: bool },
     /// Tokens need the key set, and none has been fetched yet.
-    #[error("The server cannot check sign-ins yet (its key set has not been fetched); try again in a few seconds.")]
+    #[error(
+        "The server cannot check sign-ins yet (its key set has not been fetched); try again in a few seconds."
+    )]
     AuthUnavailable,
 }
 
@@ -132,7 +134,9 @@ fn www_authenticate(message: &str, invalid: bool) -> String {
         .chars()
         .filter(|c| (' '..='~').contains(c) && !matches!(c, '"' | '\\'))
         .collect();
-    format!(r#"Bearer realm="llm-stream", error="invalid_token", error_description="{description}""#)
+    format!(
+        r#"Bearer realm="llm-stream", error="invalid_token", error_description="{description}""#
+    )
 }
 
 /// Why a stream that has begun ended early; each maps one-to-one onto an in-band error code.

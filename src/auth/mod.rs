@@ -65,6 +65,11 @@ impl Auth {
 
     /// Verifies one token: its signature with a configured key and algorithm, then its claims.
     pub fn verify(&self, token: &str) -> Result<Client, Refusal> {
-        token::verify(token, self.secret.as_ref(), self.jwks.as_deref(), &self.rules)
+        token::verify(
+            token,
+            self.secret.as_ref(),
+            self.jwks.as_deref(),
+            &self.rules,
+        )
     }
 }

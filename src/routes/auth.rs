@@ -61,6 +61,8 @@ async fn spend_address_rate(request: &ServiceRequest) -> Option<Refusal> {
     let address = Client::anonymous(ClientId::of(request.request(), config));
     match store.admit(address.id, address.plan(config)).await {
         Ok(_spent) => None,
-        Err(refused) => matches!(refused.refusal, Refusal::RateLimited { .. }).then_some(refused.refusal),
+        Err(refused) => {
+            matches!(refused.refusal, Refusal::RateLimited { .. }).then_some(refused.refusal)
+        }
     }
 }

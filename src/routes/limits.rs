@@ -32,9 +32,7 @@ pub async fn limits(
     config: web::Data<Config>,
 ) -> HttpResponse {
     let client = Client::of(&request, &config);
-    let limits = store
-        .view(client.id, client.plan(&config), &config)
-        .await;
+    let limits = store.view(client.id, client.plan(&config), &config).await;
     let client = match client.sub() {
         Some(sub) => Who::User { sub },
         None => Who::Anonymous,

@@ -54,7 +54,15 @@ pub async fn stream(
     let client = Client::of(&request, &config);
     if let Some(last_event_id) = last_event_id {
         let question = params.q.unwrap_or_default();
-        return Ok(resume(&request, &answers, &config, &client, &last_event_id, &question).await);
+        return Ok(resume(
+            &request,
+            &answers,
+            &config,
+            &client,
+            &last_event_id,
+            &question,
+        )
+        .await);
     }
     let question =
         validate(params.q, config.max_query_chars as usize).inspect_err(crate::metrics::refused)?;
@@ -81,7 +89,11 @@ pub async fn stream(
     };
     request.extensions_mut().insert(Decided(admitted.budget));
 
-    let report = StreamReport::new(stream_id.clone(), client.log_name(), question.chars().count());
+    let report = StreamReport::new(
+        stream_id.clone(),
+        client.log_name(),
+        question.chars().count(),
+    );
     let history = window(&history, &question, config.conversation_max_chars as usize);
     let events = provider.stream(&question, history, RequestId::of(&request).as_str());
     let reader = answers.start(

@@ -212,7 +212,10 @@ impl Store {
         question: &str,
         owner: Owner,
     ) -> Option<Follow> {
-        self.redis.as_ref()?.follow(id, after, question, owner).await
+        self.redis
+            .as_ref()?
+            .follow(id, after, question, owner)
+            .await
     }
 
     /// Asks the other instances to stop answer `id`; false when none knows it as `owner`'s.
@@ -233,7 +236,12 @@ impl Store {
     /// Begins `stream`'s turn in conversation `asked` (a new conversation when it is `None`,
     /// malformed, unknown, expired or another identity's), marking the conversation busy until
     /// [`Store::end_turn`].
-    pub async fn begin_turn(&self, asked: Option<&str>, stream: &str, owner: Owner) -> Conversation {
+    pub async fn begin_turn(
+        &self,
+        asked: Option<&str>,
+        stream: &str,
+        owner: Owner,
+    ) -> Conversation {
         let asked = asked.filter(|id| crate::id::is_valid(id));
         if let Some(id) = asked {
             match self.begin(&owned(id, owner), stream, false).await {

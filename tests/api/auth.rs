@@ -64,7 +64,11 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header::
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response.text().await.unwrap_or_default();
-    (status, headers, serde_json::from_str(&body).unwrap_or(Value::Null))
+    (
+        status,
+        headers,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
 }
 
 /// A key set server of the test's own: serves the JWKS it is given, `503` while it has none, and
@@ -81,7 +85,10 @@ impl JwksServer {
     pub async fn start(set: Option<Value>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = Self {
-            url: format!("http://{}/.well-known/jwks.json", listener.local_addr().unwrap()),
+            url: format!(
+                "http://{}/.well-known/jwks.json",
+                listener.local_addr().unwrap()
+            ),
             body: Arc::new(Mutex::new(set.map(|set| set.to_string()))),
             stalled: Arc::default(),
             fetches: Arc::default(),

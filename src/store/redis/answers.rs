@@ -179,9 +179,10 @@ impl Redis {
             .arg("COUNT")
             .arg(1)
             .exists(alive_key(id));
-        let lookup = pipe.query_async::<((Option<String>, Option<String>), StreamRangeReply, bool)>(
-            &mut manager,
-        );
+        let lookup = pipe
+            .query_async::<((Option<String>, Option<String>), StreamRangeReply, bool)>(
+                &mut manager,
+            );
         let ((asked, owned_by), last, alive) = self.call(self.0.request_limit, lookup).await?;
         if asked.as_deref() != Some(question) || owned_by.unwrap_or_default() != owner.tag() {
             return None;
@@ -213,7 +214,9 @@ impl Redis {
                 pipe.query_async::<(bool, Option<String>)>(&mut manager),
             )
             .await
-            .is_some_and(|(exists, owned_by)| exists && owned_by.unwrap_or_default() == owner.tag());
+            .is_some_and(|(exists, owned_by)| {
+                exists && owned_by.unwrap_or_default() == owner.tag()
+            });
         if known {
             self.announce(Signal::Cancel(id.to_owned()));
         }

@@ -19,31 +19,55 @@ fn rate_two(c: &mut llm_stream::config::Config) {
 #[tokio::test]
 async fn two_users_behind_one_address_have_a_budget_each_and_one_user_from_two_addresses_one() {
     let app = spawn_app_with(rate_two).await;
-    app.mock.always(Reply::sse(openai::answer(&["ok"], std::time::Duration::ZERO)));
+    app.mock.always(Reply::sse(openai::answer(
+        &["ok"],
+        std::time::Duration::ZERO,
+    )));
     let (alice, bob) = (bearer(&token_for("alice")), bearer(&token_for("bob")));
     let ask = |auth: &str, ip: &str| {
         let (url, auth, ip) = (app.stream_url("hi"), auth.to_owned(), ip.to_owned());
-        async move { refused(&url, &[("Authorization", &auth), ("X-Real-IP", &ip)]).await.status }
+        async move {
+            refused(&url, &[("Authorization", &auth), ("X-Real-IP", &ip)])
+                .await
+                .status
+        }
     };
 
     assert_eq!(ask(&alice, "203.0.113.1").await, 200);
     assert_eq!(ask(&alice, "203.0.113.2").await, 200);
-    assert_eq!(ask(&alice, "203.0.113.1").await, 429, "one user from two addresses: one budget");
-    assert_eq!(ask(&bob, "203.0.113.1").await, 200, "another user behind the same address");
+    assert_eq!(
+        ask(&alice, "203.0.113.1").await,
+        429,
+        "one user from two addresses: one budget"
+    );
+    assert_eq!(
+        ask(&bob, "203.0.113.1").await,
+        200,
+        "another user behind the same address"
+    );
 }
 
 #[tokio::test]
 async fn the_llm_stream_claim_raises_one_users_burst_and_lowers_anothers_stream_cap() {
     let app = spawn_app_with(rate_two).await;
-    app.mock.always(Reply::sse(openai::answer(&["t "; 3], std::time::Duration::ZERO)).then(End::Hang));
+    app.mock
+        .always(Reply::sse(openai::answer(&["t "; 3], std::time::Duration::ZERO)).then(End::Hang));
     let mut pro = claims("pro");
     pro["llm_stream"] = json!({"burst": 5});
     let mut tight = claims("tight");
     tight["llm_stream"] = json!({"max_streams": 1});
     let (pro, tight) = (bearer(&hs256(&pro)), bearer(&hs256(&tight)));
 
-    let (_, _, pro_limits) = get(&format!("{}/api/limits", app.address), &[("Authorization", &pro)]).await;
-    let (_, _, tight_limits) = get(&format!("{}/api/limits", app.address), &[("Authorization", &tight)]).await;
+    let (_, _, pro_limits) = get(
+        &format!("{}/api/limits", app.address),
+        &[("Authorization", &pro)],
+    )
+    .await;
+    let (_, _, tight_limits) = get(
+        &format!("{}/api/limits", app.address),
+        &[("Authorization", &tight)],
+    )
+    .await;
     assert_eq!(pro_limits["limit"], 5);
     assert_eq!(pro_limits["client"], json!({"kind": "user", "sub": "pro"}));
     assert_eq!(tight_limits["max_streams_per_client"], 1);
@@ -71,10 +95,16 @@ async fn across_two_instances_sharing_redis_one_user_has_one_budget_and_no_raw_s
         c.auth_anonymous = Some(true);
     })
     .await;
-    shared.mock.always(Reply::sse(openai::answer(&["ok"], std::time::Duration::ZERO)));
+    shared.mock.always(Reply::sse(openai::answer(
+        &["ok"],
+        std::time::Duration::ZERO,
+    )));
     let user = bearer(&token_for("{user 42}"));
     let ask = |address: &str| {
-        let (url, user) = (crate::redis::harness::stream_url(address, "hi"), user.clone());
+        let (url, user) = (
+            crate::redis::harness::stream_url(address, "hi"),
+            user.clone(),
+        );
         async move { refused(&url, &[("Authorization", &user)]).await.status }
     };
 

@@ -21,7 +21,10 @@ impl Key {
         std::fs::create_dir_all(&dir).unwrap();
         let private = dir.join("private.der");
         let openssl = |args: &[&str]| {
-            let output = Command::new("openssl").args(args).output().expect("openssl");
+            let output = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl");
             assert!(output.status.success(), "openssl {args:?}: {output:?}");
             output.stdout
         };

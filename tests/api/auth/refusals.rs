@@ -45,16 +45,31 @@ fn b64(json: &serde_json::Value) -> String {
 async fn a_request_without_a_token_is_refused_401_with_a_bare_bearer_challenge() {
     let app = app().await;
 
-    for path in ["/api/stream?q=hi", "/api/limits", "/api/conversations/0123456789abcdef0123456789abcdef"] {
+    for path in [
+        "/api/stream?q=hi",
+        "/api/limits",
+        "/api/conversations/0123456789abcdef0123456789abcdef",
+    ] {
         let refusal = refused(&format!("{}{path}", app.address), &[]).await;
 
         assert_eq!(refusal.status, 401, "{path}");
-        assert_eq!(refusal.www_authenticate.as_deref(), Some(r#"Bearer realm="llm-stream""#), "{path}");
+        assert_eq!(
+            refusal.www_authenticate.as_deref(),
+            Some(r#"Bearer realm="llm-stream""#),
+            "{path}"
+        );
         assert_eq!(refusal.code, "unauthorized", "{path}");
-        assert!(refusal.message.contains("You are not signed in"), "{path}: {}", refusal.message);
+        assert!(
+            refusal.message.contains("You are not signed in"),
+            "{path}: {}",
+            refusal.message
+        );
     }
     let cancel = CLIENT
-        .post(format!("{}/api/stream/0123456789abcdef0123456789abcdef/cancel", app.address))
+        .post(format!(
+            "{}/api/stream/0123456789abcdef0123456789abcdef/cancel",
+            app.address
+        ))
         .send()
         .await
         .unwrap();
@@ -67,16 +82,21 @@ async fn a_valid_token_in_the_header_or_the_cookie_streams_as_that_user() {
     let app = app().await;
     let token = hs256(&good("alice"));
 
-    let by_header = crate::helpers::SseReader::get(app.stream_url("hi"), &[("Authorization", &bearer(&token))])
-        .await
-        .read_to_end()
-        .await;
+    let by_header =
+        crate::helpers::SseReader::get(app.stream_url("hi"), &[("Authorization", &bearer(&token))])
+            .await
+            .read_to_end()
+            .await;
     let cookie = format!("other=1; llm_stream_token={token}");
     let by_cookie = crate::helpers::SseReader::get(app.stream_url("hi"), &[("Cookie", &cookie)])
         .await
         .read_to_end()
         .await;
-    let (status, _, limits) = get(&format!("{}/api/limits", app.address), &[("Cookie", &cookie)]).await;
+    let (status, _, limits) = get(
+        &format!("{}/api/limits", app.address),
+        &[("Cookie", &cookie)],
+    )
+    .await;
 
     assert!(by_header.ended_with_done(), "{}", by_header.body);
     assert!(by_cookie.ended_with_done(), "{}", by_cookie.body);
@@ -90,37 +110,105 @@ async fn the_header_wins_over_the_cookie() {
     let (alice, bob) = (hs256(&good("alice")), hs256(&good("bob")));
     let limits = format!("{}/api/limits", app.address);
 
-    let (_, _, both) = get(&limits, &[("Authorization", &bearer(&alice)), ("Cookie", &format!("llm_stream_token={bob}"))]).await;
-    let bad_header = refused(&limits, &[("Authorization", "Bearer not.a.jwt"), ("Cookie", &format!("llm_stream_token={bob}"))]).await;
+    let (_, _, both) = get(
+        &limits,
+        &[
+            ("Authorization", &bearer(&alice)),
+            ("Cookie", &format!("llm_stream_token={bob}")),
+        ],
+    )
+    .await;
+    let bad_header = refused(
+        &limits,
+        &[
+            ("Authorization", "Bearer not.a.jwt"),
+            ("Cookie", &format!("llm_stream_token={bob}")),
+        ],
+    )
+    .await;
 
     assert_eq!(both["client"]["sub"], "alice");
-    assert_eq!(bad_header.status, 401, "a refused header is not saved by a good cookie");
+    assert_eq!(
+        bad_header.status, 401,
+        "a refused header is not saved by a good cookie"
+    );
 }
 
 #[tokio::test]
 async fn every_invalid_token_is_refused_with_invalid_token_and_a_reason_a_person_can_act_on() {
     let app = app().await;
     let other_secret = {
-        let key = jsonwebtoken::EncodingKey::from_secret(b"another-secret-entirely-0123456789").unwrap();
+        let key =
+            jsonwebtoken::EncodingKey::from_secret(b"another-secret-entirely-0123456789").unwrap();
         jsonwebtoken::encode(&jsonwebtoken::Header::default(), &good("alice"), &key).unwrap()
     };
-    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&good("alice")));
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&good("alice"))
+    );
     let cases = [
-        (hs256(&with(good("alice"), "exp", json!(now() - 180 - 30))), "expired 3 minutes ago"),
+        (
+            hs256(&with(good("alice"), "exp", json!(now() - 180 - 30))),
+            "expired 3 minutes ago",
+        ),
         (other_secret, "signature does not verify"),
-        (hs256(&with(good("alice"), "aud", json!("someone-else"))), "another audience"),
-        (hs256(&with(good("alice"), "iss", json!("https://evil.example"))), "another issuer"),
-        (hs256(&with(good("alice"), "nbf", json!(now() + 630))), "not valid yet: it becomes valid in 10 minutes"),
-        (hs256(&with(good("alice"), "iat", json!(now() + 630))), "issued 10 minutes from now"),
-        (hs256(&with(good("alice"), "exp", json!(null))), "no exp claim"),
-        (hs256(&with(good("alice"), "sub", json!(null))), "sub claim must name the user"),
-        (hs256(&with(good("alice"), "sub", json!(""))), "sub claim must name the user"),
-        (hs256(&with(good("alice"), "sub", json!(42))), "sub claim must name the user"),
-        (hs256(&with(good("alice"), "sub", json!("x".repeat(257)))), "sub claim must name the user"),
-        (hs256(&with(good("alice"), "llm_stream", json!({"burst": -1}))), "llm_stream claim is not valid"),
-        (hs256(&with(good("alice"), "llm_stream", json!({"burst": 2.5}))), "llm_stream claim is not valid"),
-        (hs256(&with(good("alice"), "llm_stream", json!({"plan": "gold"}))), "unknown field `plan`"),
-        (hs256(&with(good("alice"), "llm_stream", json!({"max_streams": 0}))), "max_streams is 0"),
+        (
+            hs256(&with(good("alice"), "aud", json!("someone-else"))),
+            "another audience",
+        ),
+        (
+            hs256(&with(good("alice"), "iss", json!("https://evil.example"))),
+            "another issuer",
+        ),
+        (
+            hs256(&with(good("alice"), "nbf", json!(now() + 630))),
+            "not valid yet: it becomes valid in 10 minutes",
+        ),
+        (
+            hs256(&with(good("alice"), "iat", json!(now() + 630))),
+            "issued 10 minutes from now",
+        ),
+        (
+            hs256(&with(good("alice"), "exp", json!(null))),
+            "no exp claim",
+        ),
+        (
+            hs256(&with(good("alice"), "sub", json!(null))),
+            "sub claim must name the user",
+        ),
+        (
+            hs256(&with(good("alice"), "sub", json!(""))),
+            "sub claim must name the user",
+        ),
+        (
+            hs256(&with(good("alice"), "sub", json!(42))),
+            "sub claim must name the user",
+        ),
+        (
+            hs256(&with(good("alice"), "sub", json!("x".repeat(257)))),
+            "sub claim must name the user",
+        ),
+        (
+            hs256(&with(good("alice"), "llm_stream", json!({"burst": -1}))),
+            "llm_stream claim is not valid",
+        ),
+        (
+            hs256(&with(good("alice"), "llm_stream", json!({"burst": 2.5}))),
+            "llm_stream claim is not valid",
+        ),
+        (
+            hs256(&with(good("alice"), "llm_stream", json!({"plan": "gold"}))),
+            "unknown field `plan`",
+        ),
+        (
+            hs256(&with(
+                good("alice"),
+                "llm_stream",
+                json!({"max_streams": 0}),
+            )),
+            "max_streams is 0",
+        ),
         ("abc".to_owned(), "not a valid JWT"),
         (none, "such as none"),
     ];
@@ -130,14 +218,26 @@ async fn every_invalid_token_is_refused_with_invalid_token_and_a_reason_a_person
 
         assert_eq!(refusal.status, 401, "{reason}");
         assert_eq!(refusal.code, "unauthorized", "{reason}");
-        assert!(refusal.message.contains(reason), "{reason}: {}", refusal.message);
+        assert!(
+            refusal.message.contains(reason),
+            "{reason}: {}",
+            refusal.message
+        );
         let challenge = refusal.www_authenticate.unwrap();
         assert!(
-            challenge.starts_with(r#"Bearer realm="llm-stream", error="invalid_token", error_description=""#),
+            challenge.starts_with(
+                r#"Bearer realm="llm-stream", error="invalid_token", error_description=""#
+            ),
             "{challenge}"
         );
-        assert!(challenge.contains(reason.split('`').next().unwrap()), "{challenge}");
-        assert!(!refusal.message.contains(&token) && !challenge.contains(&token), "the token is never echoed");
+        assert!(
+            challenge.contains(reason.split('`').next().unwrap()),
+            "{challenge}"
+        );
+        assert!(
+            !refusal.message.contains(&token) && !challenge.contains(&token),
+            "the token is never echoed"
+        );
     }
     assert_eq!(app.mock.request_count(), 0);
 }
@@ -158,7 +258,12 @@ async fn a_token_expired_within_the_leeway_is_accepted_and_one_beyond_it_is_not(
 
     assert_eq!(status, 200);
     assert_eq!(refusal.status, 401);
-    assert!(refusal.message.contains("expired 45 seconds ago") || refusal.message.contains("expired 46 seconds ago"), "{}", refusal.message);
+    assert!(
+        refusal.message.contains("expired 45 seconds ago")
+            || refusal.message.contains("expired 46 seconds ago"),
+        "{}",
+        refusal.message
+    );
 }
 
 #[tokio::test]
@@ -169,7 +274,11 @@ async fn with_anonymous_requests_served_a_bad_token_is_still_refused_never_downg
     })
     .await;
     let limits = format!("{}/api/limits", app.address);
-    let none = format!("{}.{}.", b64(&json!({"alg": "none"})), b64(&claims("alice")));
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none"})),
+        b64(&claims("alice"))
+    );
 
     let (status, _, anonymous) = get(&limits, &[]).await;
     let refusal = refused(&limits, &[("Authorization", &bearer(&none))]).await;
@@ -190,7 +299,8 @@ async fn an_hs256_token_signed_with_the_rsa_public_key_is_refused() {
         let key = jsonwebtoken::EncodingKey::from_secret(pem.as_bytes()).unwrap();
         jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims("mallory"), &key).unwrap()
     };
-    let jwks_only = spawn_demo_app_with(|c| c.auth_jwks_url = Some(jwks.url.parse().unwrap())).await;
+    let jwks_only =
+        spawn_demo_app_with(|c| c.auth_jwks_url = Some(jwks.url.parse().unwrap())).await;
     let both = spawn_demo_app_with(|c| {
         with_secret(c);
         c.auth_jwks_url = Some(jwks.url.parse().unwrap());
@@ -198,17 +308,40 @@ async fn an_hs256_token_signed_with_the_rsa_public_key_is_refused() {
     .await;
     let genuine = rsa.sign(&claims("alice"));
     eventually("the key set to be fetched", DEADLINE, || async {
-        get(&format!("{}/api/limits", jwks_only.address), &[("Authorization", &bearer(&genuine))]).await.0 == 200
+        get(
+            &format!("{}/api/limits", jwks_only.address),
+            &[("Authorization", &bearer(&genuine))],
+        )
+        .await
+        .0 == 200
     })
     .await;
 
-    let refused_alone = refused(&format!("{}/api/limits", jwks_only.address), &[("Authorization", &bearer(&confused))]).await;
-    let refused_with_secret = refused(&format!("{}/api/limits", both.address), &[("Authorization", &bearer(&confused))]).await;
+    let refused_alone = refused(
+        &format!("{}/api/limits", jwks_only.address),
+        &[("Authorization", &bearer(&confused))],
+    )
+    .await;
+    let refused_with_secret = refused(
+        &format!("{}/api/limits", both.address),
+        &[("Authorization", &bearer(&confused))],
+    )
+    .await;
 
     assert_eq!(refused_alone.status, 401);
-    assert!(refused_alone.message.contains("shared-secret algorithm"), "{}", refused_alone.message);
+    assert!(
+        refused_alone.message.contains("shared-secret algorithm"),
+        "{}",
+        refused_alone.message
+    );
     assert_eq!(refused_with_secret.status, 401);
-    assert!(refused_with_secret.message.contains("signature does not verify"), "{}", refused_with_secret.message);
+    assert!(
+        refused_with_secret
+            .message
+            .contains("signature does not verify"),
+        "{}",
+        refused_with_secret.message
+    );
     let _ = SECRET;
 }
 
@@ -219,17 +352,33 @@ async fn refusals_are_counted_and_spend_the_address_rate_like_questions() {
         c.rate_limit_per_minute = 2;
     })
     .await;
-    let bad = [("Authorization", "Bearer bad.token.here"), ("X-Real-IP", "198.51.100.77")];
+    let bad = [
+        ("Authorization", "Bearer bad.token.here"),
+        ("X-Real-IP", "198.51.100.77"),
+    ];
 
     let first = refused(&app.stream_url("hi"), &bad).await;
     let second = refused(&format!("{}/api/limits", app.address), &bad).await;
     let third = refused(&app.stream_url("hi"), &bad).await;
-    let metrics = CLIENT.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
+    let metrics = CLIENT
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
 
     assert_eq!((first.status, second.status), (401, 401));
-    assert_eq!(third.status, 429, "guessing tokens is as slow as asking questions");
+    assert_eq!(
+        third.status, 429,
+        "guessing tokens is as slow as asking questions"
+    );
     assert_eq!(third.code, "rate_limited");
-    assert!(metrics.contains(r#"llm_stream_refusals_total{reason="unauthorized"}"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"llm_stream_refusals_total{reason="unauthorized"}"#),
+        "{metrics}"
+    );
     assert!(!metrics.contains("bad.token.here"));
 }
 
@@ -237,13 +386,25 @@ async fn refusals_are_counted_and_spend_the_address_rate_like_questions() {
 fn a_bad_auth_setting_stops_start_up_with_one_line_that_names_it() {
     for (args, names) in [
         (vec!["--auth-jwks-url", "not a url"], "AUTH_JWKS_URL"),
-        (vec!["--auth-jwks-url", "ftp://keys.example/jwks"], "AUTH_JWKS_URL"),
+        (
+            vec!["--auth-jwks-url", "ftp://keys.example/jwks"],
+            "AUTH_JWKS_URL",
+        ),
         (vec!["--auth-jwt-secret", "  "], "AUTH_JWT_SECRET"),
         (vec!["--auth-issuer", "https://app.example"], "AUTH_ISSUER"),
         (vec!["--auth-audience", "llm-stream"], "AUTH_AUDIENCE"),
-        (vec!["--auth-login-url", "https://app.example/login"], "AUTH_LOGIN_URL"),
-        (vec!["--auth-jwt-secret", "s3cret", "--auth-cookie", "a b"], "AUTH_COOKIE"),
-        (vec!["--auth-jwt-secret", "s3cret", "--auth-leeway-secs", "-1"], "AUTH_LEEWAY_SECS"),
+        (
+            vec!["--auth-login-url", "https://app.example/login"],
+            "AUTH_LOGIN_URL",
+        ),
+        (
+            vec!["--auth-jwt-secret", "s3cret", "--auth-cookie", "a b"],
+            "AUTH_COOKIE",
+        ),
+        (
+            vec!["--auth-jwt-secret", "s3cret", "--auth-leeway-secs", "99999"],
+            "AUTH_LEEWAY_SECS",
+        ),
     ] {
         let mut argv = vec!["llm-stream"];
         argv.extend(args.iter().copied());

@@ -3,7 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::{JwksServer, bearer, claims, get, keys::{Key, set}, refused};
+use super::{
+    JwksServer, bearer, claims, get,
+    keys::{Key, set},
+    refused,
+};
 use crate::helpers::{DEADLINE, TestApp, eventually, spawn_demo_app_with};
 
 async fn app(jwks: &JwksServer) -> TestApp {
@@ -12,7 +16,12 @@ async fn app(jwks: &JwksServer) -> TestApp {
 }
 
 async fn status(app: &TestApp, token: &str) -> u16 {
-    get(&format!("{}/api/limits", app.address), &[("Authorization", &bearer(token))]).await.0
+    get(
+        &format!("{}/api/limits", app.address),
+        &[("Authorization", &bearer(token))],
+    )
+    .await
+    .0
 }
 
 #[tokio::test]
@@ -20,18 +29,31 @@ async fn rsa_ecdsa_and_ed25519_tokens_verify_against_the_key_set_and_a_new_kid_o
     let (rsa, ec, ed) = (Key::rsa("rsa-1"), Key::ec("ec-1"), Key::ed25519("ed-1"));
     let jwks = JwksServer::start(Some(set(&[&rsa, &ec]))).await;
     let app = app(&jwks).await;
-    eventually("the key set", DEADLINE, || async { status(&app, &rsa.sign(&claims("a"))).await == 200 }).await;
+    eventually("the key set", DEADLINE, || async {
+        status(&app, &rsa.sign(&claims("a"))).await == 200
+    })
+    .await;
 
     assert_eq!(status(&app, &ec.sign(&claims("b"))).await, 200);
-    let unknown = refused(&format!("{}/api/limits", app.address), &[("Authorization", &bearer(&ed.sign(&claims("c"))))]).await;
+    let unknown = refused(
+        &format!("{}/api/limits", app.address),
+        &[("Authorization", &bearer(&ed.sign(&claims("c"))))],
+    )
+    .await;
     assert_eq!(unknown.status, 401);
-    assert!(unknown.message.contains("signing key (kid)"), "{}", unknown.message);
+    assert!(
+        unknown.message.contains("signing key (kid)"),
+        "{}",
+        unknown.message
+    );
 
     jwks.serve(set(&[&rsa, &ec, &ed]));
     // The refusal above asked for one refetch, throttled: it may have come before the new set.
-    eventually("the rotated key to be accepted", Duration::from_secs(40), || async {
-        status(&app, &ed.sign(&claims("c"))).await == 200
-    })
+    eventually(
+        "the rotated key to be accepted",
+        Duration::from_secs(40),
+        || async { status(&app, &ed.sign(&claims("c"))).await == 200 },
+    )
     .await;
 }
 
@@ -40,20 +62,40 @@ async fn with_the_key_server_stalled_known_keys_keep_working_and_no_request_wait
     let (rsa, other) = (Key::rsa("rsa-1"), Key::ec("ec-new"));
     let jwks = JwksServer::start(Some(set(&[&rsa]))).await;
     let app = app(&jwks).await;
-    eventually("the key set", DEADLINE, || async { status(&app, &rsa.sign(&claims("a"))).await == 200 }).await;
+    eventually("the key set", DEADLINE, || async {
+        status(&app, &rsa.sign(&claims("a"))).await == 200
+    })
+    .await;
     let fetched = jwks.fetches();
     jwks.stall();
 
     let started = Instant::now();
-    assert_eq!(status(&app, &other.sign(&claims("b"))).await, 401, "an unknown kid asks for a refetch");
-    eventually("the refetch to reach the stalled server", DEADLINE, || async { jwks.fetches() > fetched }).await;
+    assert_eq!(
+        status(&app, &other.sign(&claims("b"))).await,
+        401,
+        "an unknown kid asks for a refetch"
+    );
+    eventually(
+        "the refetch to reach the stalled server",
+        DEADLINE,
+        || async { jwks.fetches() > fetched },
+    )
+    .await;
     for _ in 0..5 {
         assert_eq!(status(&app, &rsa.sign(&claims("a"))).await, 200);
         assert_eq!(status(&app, &other.sign(&claims("b"))).await, 401);
     }
 
-    assert!(started.elapsed() < Duration::from_secs(3), "no request waited: {:?}", started.elapsed());
-    assert_eq!(jwks.fetches(), fetched + 1, "at most one refetch for unknown kids");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "no request waited: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        jwks.fetches(),
+        fetched + 1,
+        "at most one refetch for unknown kids"
+    );
 }
 
 #[tokio::test]
@@ -63,11 +105,20 @@ async fn at_start_with_the_key_server_down_tokens_get_503_auth_unavailable_until
     let app = app(&jwks).await;
     let token = rsa.sign(&claims("a"));
 
-    let (code, headers, body) = get(&format!("{}/api/limits", app.address), &[("Authorization", &bearer(&token))]).await;
+    let (code, headers, body) = get(
+        &format!("{}/api/limits", app.address),
+        &[("Authorization", &bearer(&token))],
+    )
+    .await;
     assert_eq!(code, 503);
     assert_eq!(body["error"], "auth_unavailable");
     assert!(headers.contains_key("retry-after"));
 
     jwks.serve(set(&[&rsa]));
-    eventually("the key set once the server is up", Duration::from_secs(20), || async { status(&app, &token).await == 200 }).await;
+    eventually(
+        "the key set once the server is up",
+        Duration::from_secs(20),
+        || async { status(&app, &token).await == 200 },
+    )
+    .await;
 }
