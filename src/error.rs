@@ -126,7 +126,7 @@ impl ResponseError for Refusal {
 
 /// RFC 6750 §3: no error code for a request that carried no token (§3.1), else `invalid_token`
 /// and the reason (quoted-string: our own words, with any quote or backslash left out).
-fn www_authenticate(message: &str, invalid: bool) -> String {
+pub fn www_authenticate(message: &str, invalid: bool) -> String {
     if !invalid {
         return r#"Bearer realm="llm-stream""#.to_owned();
     }

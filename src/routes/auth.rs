@@ -45,7 +45,26 @@ pub async fn who_is_asking(
         },
         other => counted(other),
     };
-    Ok(request.into_response(refusal.error_response()))
+    let login_url = request
+        .app_data::<web::Data<Config>>()
+        .and_then(|config| config.auth_login_url.as_ref().map(|url| url.to_string()));
+    let response = match (&refusal, login_url) {
+        // The page links a person who is not signed in to AUTH_LOGIN_URL.
+        (Refusal::Unauthorized { message, invalid }, Some(login_url)) => {
+            actix_web::HttpResponse::Unauthorized()
+                .insert_header((
+                    "WWW-Authenticate",
+                    crate::error::www_authenticate(message, *invalid),
+                ))
+                .json(serde_json::json!({
+                    "error": refusal.code(),
+                    "message": message,
+                    "login_url": login_url,
+                }))
+        }
+        _ => refusal.error_response(),
+    };
+    Ok(request.into_response(response))
 }
 
 fn counted(refusal: Refusal) -> Refusal {

@@ -140,6 +140,9 @@ impl Rate {
     }
 }
 
+/// One plan's limiter (none: that plan has no rate limit), shared while it is used.
+type PlanRate = Arc<Option<Rate>>;
+
 /// How many streams each client, and the whole server, holds open.
 #[derive(Default)]
 struct Open {
@@ -154,7 +157,7 @@ pub struct Limits {
     default_rate: (u32, u32),
     /// Limiters for the other rates users' tokens name: one per distinct rate and burst (a plan),
     /// not per user, so there are as many as the operator has plans.
-    plan_rates: Mutex<HashMap<(u32, u32), Arc<Option<Rate>>>>,
+    plan_rates: Mutex<HashMap<(u32, u32), PlanRate>>,
     open: Arc<Mutex<Open>>,
     max_streams: u32,
 }
@@ -209,7 +212,7 @@ impl Limits {
     }
 
     /// Every rate limiter: the server's and the plans'.
-    fn rates(&self) -> Vec<Arc<Option<Rate>>> {
+    fn rates(&self) -> Vec<PlanRate> {
         self.plan_rates
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
