@@ -211,6 +211,38 @@ pub struct Config {
     /// Milliseconds a request waits on Redis before it goes on without it (this process's own limits and answers).
     #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", value_name = "REDIS_TIMEOUT_MS", default_value = "100", value_parser = millis(10, 10_000))]
     pub redis_timeout: Duration,
+
+    /// An HMAC secret (HS256, HS384, HS512) that verifies the tokens naming each user (never logged).
+    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub auth_jwt_secret: Option<SecretString>,
+
+    /// The URL of a JSON Web Key Set whose keys verify the tokens (RS*, PS*, ES256/384, EdDSA).
+    #[arg(long, env = "AUTH_JWKS_URL", value_parser = parse_http_url)]
+    pub auth_jwks_url: Option<Url>,
+
+    /// The `iss` every token must carry.
+    #[arg(long, env = "AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// The `aud` every token must carry (one of its values, when it is an array).
+    #[arg(long, env = "AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+
+    /// Seconds of clock skew allowed on `exp`, `nbf` and `iat`.
+    #[arg(long, env = "AUTH_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub auth_leeway_secs: u64,
+
+    /// Also serve requests without a token, as anonymous clients by address [default: false when a secret or key set is set].
+    #[arg(long, env = "AUTH_ANONYMOUS", action = clap::ArgAction::Set)]
+    pub auth_anonymous: Option<bool>,
+
+    /// The cookie a browser's token travels in (an EventSource cannot set headers).
+    #[arg(long, env = "AUTH_COOKIE", default_value = "llm_stream_token", value_parser = parse_cookie_name)]
+    pub auth_cookie: String,
+
+    /// Where the page sends a person who is not signed in.
+    #[arg(long, env = "AUTH_LOGIN_URL", value_parser = parse_http_url)]
+    pub auth_login_url: Option<Url>,
 }
 
 /// Why start-up stopped before the server ran.
@@ -293,6 +325,26 @@ impl Config {
             return Err(format!(
                 "CORS_ALLOWED_ORIGINS must name sites, not {origin:?}: an open endpoint lets any page spend the model budget"
             ));
+        }
+        if !self.auth_enabled() {
+            let needs = [
+                ("AUTH_ISSUER", self.auth_issuer.is_some()),
+                ("AUTH_AUDIENCE", self.auth_audience.is_some()),
+                ("AUTH_LOGIN_URL", self.auth_login_url.is_some()),
+            ];
+            if let Some((setting, _)) = needs.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "{setting} needs AUTH_JWT_SECRET or AUTH_JWKS_URL: without one, no token is verified"
+                ));
+            }
+        }
+        for (setting, value) in [
+            ("AUTH_ISSUER", &self.auth_issuer),
+            ("AUTH_AUDIENCE", &self.auth_audience),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(format!("{setting} must not be blank"));
+            }
         }
         Ok(())
     }
@@ -393,6 +445,16 @@ impl Config {
             _ => Ok(()),
         }
     }
+
+    /// Whether tokens are verified: a secret or a key set is configured.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_jwt_secret.is_some() || self.auth_jwks_url.is_some()
+    }
+
+    /// Whether a request without a token is served, anonymously by address.
+    pub fn auth_allows_anonymous(&self) -> bool {
+        self.auth_anonymous.unwrap_or(!self.auth_enabled())
+    }
 }
 
 fn first_line(text: &str) -> String {
@@ -427,6 +489,27 @@ fn parse_listen_addr(text: &str) -> Result<String, String> {
             "must be an address and port to listen on, such as 127.0.0.1:4001 or [::]:4001 ({error})"
         )),
     }
+}
+
+/// An absolute http:// or https:// URL, kept as given.
+fn parse_http_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must start with http:// or https://".into());
+    }
+    Ok(url)
+}
+
+/// A cookie name: RFC 6265's token characters.
+fn parse_cookie_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !ok {
+        return Err("must be a cookie name: letters, digits and !#$%&'*+-.^_`|~".into());
+    }
+    Ok(text.to_owned())
 }
 
 fn parse_secret(text: &str) -> Result<SecretString, String> {

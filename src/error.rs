@@ -32,6 +32,14 @@ pub enum Refusal {
         "Another site's page cannot ask this server for answers; open this site's own page to ask."
     )]
     CrossSite,
+    /// No token, or one that was refused (`invalid`: it was there), saying why in words.
+    #[error("{message}")]
+    Unauthorized { message: String, invalid: bool },
+    /// Tokens need the key set, and none has been fetched yet.
+    #[error(
+        "The server cannot check sign-ins yet (its key set has not been fetched); try again in a few seconds."
+    )]
+    AuthUnavailable,
 }
 
 /// The refusal's JSON body.
@@ -45,6 +53,8 @@ struct RefusalBody<'a> {
 
 /// What a client at capacity is told to wait: long enough for some streams to finish.
 const AT_CAPACITY_RETRY_SECS: u64 = 5;
+/// What a client is told to wait for the key set: about one fetch attempt.
+const AUTH_UNAVAILABLE_RETRY_SECS: u64 = 2;
 
 impl Refusal {
     pub fn code(&self) -> &'static str {
@@ -59,6 +69,8 @@ impl Refusal {
             Self::ConversationBusy => "conversation_busy",
             Self::UnknownConversation => "unknown_conversation",
             Self::CrossSite => "cross_site",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::AuthUnavailable => "auth_unavailable",
         }
     }
 
@@ -67,6 +79,7 @@ impl Refusal {
         match self {
             Self::RateLimited { retry_after } => Some(ceil_secs(*retry_after)),
             Self::AtCapacity => Some(AT_CAPACITY_RETRY_SECS),
+            Self::AuthUnavailable => Some(AUTH_UNAVAILABLE_RETRY_SECS),
             _ => None,
         }
     }
@@ -83,7 +96,8 @@ impl ResponseError for Refusal {
         match self {
             Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } | Self::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AtCapacity | Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::NotFound | Self::UnknownStream | Self::UnknownConversation => {
                 StatusCode::NOT_FOUND
             }
@@ -99,12 +113,30 @@ impl ResponseError for Refusal {
         if let Some(secs) = retry_after {
             response.insert_header(("Retry-After", secs.to_string()));
         }
+        if let Self::Unauthorized { message, invalid } = self {
+            response.insert_header(("WWW-Authenticate", www_authenticate(message, *invalid)));
+        }
         response.json(RefusalBody {
             error: self.code(),
             message: self.to_string(),
             retry_after,
         })
     }
+}
+
+/// RFC 6750 §3: no error code for a request that carried no token (§3.1), else `invalid_token`
+/// and the reason (quoted-string: our own words, with any quote or backslash left out).
+pub fn www_authenticate(message: &str, invalid: bool) -> String {
+    if !invalid {
+        return r#"Bearer realm="llm-stream""#.to_owned();
+    }
+    let description: String = message
+        .chars()
+        .filter(|c| (' '..='~').contains(c) && !matches!(c, '"' | '\\'))
+        .collect();
+    format!(
+        r#"Bearer realm="llm-stream", error="invalid_token", error_description="{description}""#
+    )
 }
 
 /// Why a stream that has begun ended early; each maps one-to-one onto an in-band error code.

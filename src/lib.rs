@@ -1,7 +1,7 @@
 //! llm-stream: stream a language model's answer to the browser, token by token, over Server-Sent Events.
 //!
 //! The path of one request: `startup` wires actix → `fetch_metadata` (did a foreign page send it)
-//! → `routes::stream` (`query` held to UTF-8, validate `q`, admit it through the `store`: rate and
+//! → `routes::auth` (with AUTH_*: who is asking, the token verified by `auth`) → `routes::stream` (`query` held to UTF-8, validate `q`, admit it through the `store`: rate and
 //! stream slot) → `answers` (a producer task per answer owns the upstream call from `llm` and
 //! appends our events to the answer's log; a reader replays and follows that log, here or on
 //! another instance) → `sse` frames → the client.
@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | 1 | `config`, `error`, `id` | settings; refusals and in-band codes; random ids and their one shape |
 //! | 2 | `metrics`, `client` | what `/metrics` shows; who the client is |
-//! | 3 | `telemetry`, `request_id`, `query`, `fetch_metadata`, `llm` | logs and the per-stream line; request ids; UTF-8 queries; resource isolation; the upstream providers |
+//! | 3 | `telemetry`, `request_id`, `query`, `fetch_metadata`, `llm`, `auth` | logs and the per-stream line; request ids; UTF-8 queries; resource isolation; the upstream providers; signed identities (JWT, JWKS) |
 //! | 4 | `store` | what instances share: admission (`local` in this process, or Redis), answer logs, signals, conversations |
 //! | 5 | `sse` | our events as the data lines an answer's log keeps, and SSE frames |
 //! | 6 | `answers` | producers and readers of durable answers |
@@ -21,6 +21,7 @@
 //! | 8 | `startup` | the listener, every route and middleware, run and shut down |
 
 pub mod answers;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;

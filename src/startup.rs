@@ -51,6 +51,9 @@ impl Application {
         let metrics_on_main = metrics_listener.is_none();
         let metrics = Data::new(crate::metrics::handle());
         let provider = Data::new(Provider::from_config(&config).map_err(io::Error::other)?);
+        let auth = crate::auth::Auth::new(&config)
+            .map_err(io::Error::other)?
+            .map(Data::new);
         let shutdown = CancellationToken::new();
         let (store, mut signals) = Store::new(&config);
         let store = Data::new(store);
@@ -71,8 +74,23 @@ impl Application {
         };
         let app_store = store.clone();
         let server = HttpServer::new(move || {
+            // Who is asking, on every route that answers for a client; not wired at all without AUTH_*.
+            let auth_on = auth.is_some();
+            macro_rules! who {
+                () => {
+                    middleware::Condition::new(
+                        auth_on,
+                        middleware::from_fn(routes::auth::who_is_asking),
+                    )
+                };
+            }
             App::new()
                 .app_data(config.clone())
+                .configure(|app| {
+                    if let Some(auth) = &auth {
+                        app.app_data(auth.clone());
+                    }
+                })
                 .app_data(provider.clone())
                 .app_data(app_store.clone())
                 .app_data(answers.clone())
@@ -90,11 +108,14 @@ impl Application {
                 .wrap(middleware::from_fn(request_id::request_id))
                 .service(get_only("/", routes::page::page))
                 .service(get_only("/healthz", routes::health::health))
-                .service(get_only("/api/limits", routes::limits::limits))
-                .service(get_only(
-                    "/api/conversations/{conversation}",
-                    routes::conversations::conversation,
-                ))
+                .service(get_only("/api/limits", routes::limits::limits).wrap(who!()))
+                .service(
+                    get_only(
+                        "/api/conversations/{conversation}",
+                        routes::conversations::conversation,
+                    )
+                    .wrap(who!()),
+                )
                 .configure(|app| {
                     if metrics_on_main {
                         app.service(get_only("/metrics", routes::metrics::metrics));
@@ -103,6 +124,9 @@ impl Application {
                 .service(
                     web::resource("/api/stream")
                         .wrap(middleware::from_fn(routes::stream::rate_limit_headers))
+                        // Inside CORS, so that a preflight needs no token and a 401 carries CORS
+                        // headers the page can read.
+                        .wrap(who!())
                         .wrap(cors(&config))
                         // Outermost: a request made by another site's page is refused before
                         // CORS, the rate limiter or the handler spend anything on it.
@@ -117,6 +141,7 @@ impl Application {
                 )
                 .service(
                     web::resource("/api/stream/{stream}/cancel")
+                        .wrap(who!())
                         .wrap(middleware::from_fn(fetch_metadata::resource_isolation))
                         .route(web::post().to(routes::cancel::cancel))
                         .default_service(web::route().to(routes::method_not_allowed)),
@@ -264,9 +289,10 @@ where
         .default_service(web::route().to(routes::method_not_allowed))
 }
 
-/// Same-origin only unless CORS_ALLOWED_ORIGINS names sites.
+/// Same-origin only unless CORS_ALLOWED_ORIGINS names sites. Under auth, those sites' pages may
+/// send the sign-in cookie (`withCredentials`): the answer then names the exact origin, never `*`.
 fn cors(config: &Config) -> Cors {
-    config
+    let cors = config
         .cors_allowed_origins
         .iter()
         .fold(Cors::default(), |cors, origin| cors.allowed_origin(origin))
@@ -279,7 +305,12 @@ fn cors(config: &Config) -> Cors {
             "ratelimit-reset",
             "retry-after",
         ])
-        .max_age(600)
+        .max_age(600);
+    if config.auth_enabled() {
+        cors.supports_credentials()
+    } else {
+        cors
+    }
 }
 
 /// Keeps the rate limiter's memory bounded by forgetting clients whose budget is full again.

@@ -62,6 +62,10 @@ function fetchLimits() {
     headers: { "Accept": "application/json" },
     signal: ctrl.signal,
   }).then((res) => {
+    // Under sign-in, /api/limits is refused 401 like the stream: say so, with the sign-in link.
+    if (res.status === 401) {
+      return res.json().catch(() => ({})).then((j) => { throw { unauthorized: j || {} }; });
+    }
     if (!res.ok) throw new Error("HTTP " + res.status);
     return res.json();
   }).then((json) => {
@@ -126,9 +130,23 @@ export function explainRefusal(q, current, followUp) {
         "again in a few seconds."
       : "The server is busy or at capacity right now, or it did not accept this question. " +
         "Please try again in a few seconds.");
-  }).catch(() => {
+  }).catch((e) => {
     if (!current()) return;
     checking = false;
+    if (e && e.unauthorized) {
+      refuse("Refused — not signed in",
+        "You are not signed in, or your session has expired. Sign in again, then ask.");
+      const login = e.unauthorized.login_url;
+      if (typeof login === "string" && /^https?:\/\//.test(login)) {
+        const link = document.createElement("a");
+        link.href = login;
+        link.textContent = "Sign in";
+        link.id = "sign-in";
+        const error = document.getElementById("error");
+        error.append(" ", link);
+      }
+      return;
+    }
     setState("error");
     setStatus("Failed — the server cannot be reached");
     const m = "The server cannot be reached. Check your connection and try again.";

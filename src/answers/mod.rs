@@ -25,7 +25,7 @@ pub use presence::Presence;
 
 use crate::store::log::{Kind, Log};
 use crate::{
-    client::ClientId,
+    client::{Client, Owner},
     config::Config,
     llm::EventStream,
     store::{Slot, Store},
@@ -38,6 +38,8 @@ pub struct Answer {
     question: String,
     /// The conversation whose turn this answer is.
     conversation: String,
+    /// Who alone may resume or cancel it (anyone with its id, when anonymous).
+    owner: Owner,
     pub log: Arc<Log>,
     control: control::Control,
     presence: watch::Sender<Presence>,
@@ -124,7 +126,7 @@ impl Answers {
         id: String,
         question: String,
         (conversation, turn): (String, u32),
-        client: ClientId,
+        client: &Client,
         slot: Slot,
         events: EventStream,
         report: StreamReport,
@@ -138,6 +140,7 @@ impl Answers {
             id: id.clone(),
             question,
             conversation,
+            owner: client.owner(),
             log: Arc::default(),
             control: control::Control::default(),
             presence,
@@ -154,7 +157,7 @@ impl Answers {
         self.store.mirror(
             &answer.id,
             &answer.question,
-            client,
+            (client.id, answer.owner),
             Arc::clone(&answer.log),
         );
         let reader = reader::local(Arc::clone(&answer), None, self.clone());
@@ -168,12 +171,14 @@ impl Answers {
         reader
     }
 
-    /// The rest of answer `id` after event `after`, if it is known, asked with `question`, and not over for this client.
+    /// The rest of answer `id` after event `after`, if it is known, asked with `question`,
+    /// `owner`'s, and not over for this client.
     pub async fn resume(
         &self,
         id: &str,
         after: u64,
         question: &str,
+        owner: Owner,
     ) -> Resume<impl Stream<Item = sse::Event> + use<>> {
         self.sweep();
         let local = self.lock().answers.get(id).cloned();
@@ -183,7 +188,7 @@ impl Answers {
                 .log
                 .last()
                 .is_some_and(|(last, end)| (end && last <= after) || after > last);
-            if answer.question != question || over {
+            if answer.question != question || answer.owner != owner || over {
                 return Resume::Nothing;
             }
             answer
@@ -195,7 +200,7 @@ impl Answers {
                 self.clone(),
             )));
         }
-        match self.store.follow(id, after, question).await {
+        match self.store.follow(id, after, question, owner).await {
             Some(follow) => Resume::Rest(futures_util::future::Either::Right(reader::remote(
                 id.to_owned(),
                 follow,
@@ -205,14 +210,17 @@ impl Answers {
         }
     }
 
-    /// Stops answer `id` wherever it runs; false when no instance knows it.
-    pub async fn cancel(&self, id: &str) -> bool {
+    /// Stops `owner`'s answer `id` wherever it runs; false when no instance knows it as theirs.
+    pub async fn cancel(&self, id: &str, owner: Owner) -> bool {
         let local = self.lock().answers.get(id).cloned();
         if let Some(answer) = local {
+            if answer.owner != owner {
+                return false;
+            }
             answer.control.cancel();
             return true;
         }
-        self.store.cancel_elsewhere(id).await
+        self.store.cancel_elsewhere(id, owner).await
     }
 
     /// Grows a running answer's `room` to hold its `kept` bytes and a step more, evicting the

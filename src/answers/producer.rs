@@ -153,7 +153,7 @@ pub(super) async fn produce(
     });
     answers
         .store
-        .end_turn(&answer.conversation, &answer.id, turn)
+        .end_turn(&answer.conversation, answer.owner, &answer.id, turn)
         .await;
     let last = match end {
         End::Complete => sse::DONE.into(),

@@ -1,5 +1,6 @@
-//! One file per endpoint.
+//! One file per endpoint, and `auth`, the middleware that says who is asking.
 
+pub mod auth;
 pub mod cancel;
 pub mod conversations;
 pub mod health;

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::{
     answers::{Answers, Resume},
-    client::ClientId,
+    client::Client,
     config::Config,
     error::Refusal,
     llm::{Provider, window},
@@ -51,17 +51,25 @@ pub async fn stream(
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned)
         .or(params.last_event_id);
+    let client = Client::of(&request, &config);
     if let Some(last_event_id) = last_event_id {
         let question = params.q.unwrap_or_default();
-        return Ok(resume(&request, &answers, &config, &last_event_id, &question).await);
+        return Ok(resume(
+            &request,
+            &answers,
+            &config,
+            &client,
+            &last_event_id,
+            &question,
+        )
+        .await);
     }
     let question =
         validate(params.q, config.max_query_chars as usize).inspect_err(crate::metrics::refused)?;
-    let client = ClientId::of(&request, &config);
     let stream_id = crate::id::new();
     // Before admission, so that a busy conversation spends no budget.
     let (conversation, turn, history) = match store
-        .begin_turn(params.conversation.as_deref(), &stream_id)
+        .begin_turn(params.conversation.as_deref(), &stream_id, client.owner())
         .await
     {
         Conversation::Ready { id, turn, history } => (id, turn, history),
@@ -69,10 +77,12 @@ pub async fn stream(
             return Err(Refusal::ConversationBusy).inspect_err(crate::metrics::refused);
         }
     };
-    let admitted = match store.admit(client).await {
+    let admitted = match store.admit(client.id, client.plan(&config)).await {
         Ok(admitted) => admitted,
         Err(refused) => {
-            store.end_turn(&conversation, &stream_id, None).await;
+            store
+                .end_turn(&conversation, client.owner(), &stream_id, None)
+                .await;
             request.extensions_mut().insert(Decided(refused.budget));
             return Err(refused.refusal);
         }
@@ -81,7 +91,7 @@ pub async fn stream(
 
     let report = StreamReport::new(
         stream_id.clone(),
-        client.to_string(),
+        client.log_name(),
         question.chars().count(),
     );
     let history = window(&history, &question, config.conversation_max_chars as usize);
@@ -90,7 +100,7 @@ pub async fn stream(
         stream_id,
         question,
         (conversation, turn),
-        client,
+        &client,
         admitted.slot,
         events,
         report,
@@ -100,15 +110,17 @@ pub async fn stream(
 
 /// The rest of the answer the client saw up to `last_event_id`, whatever instance produced it, for
 /// no rate budget; `204` (the EventSource stops) when there is nothing to send.
+/// Another identity's answer is answered as an unknown one.
 async fn resume(
     request: &HttpRequest,
     answers: &Answers,
     config: &Config,
+    client: &Client,
     last_event_id: &str,
     question: &str,
 ) -> HttpResponse {
     let found = match parse_event_id(last_event_id) {
-        Some((id, after)) => answers.resume(id, after, question).await,
+        Some((id, after)) => answers.resume(id, after, question, client.owner()).await,
         None => Resume::Nothing,
     };
     match found {
@@ -176,12 +188,15 @@ pub async fn rate_limit_headers(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let store = request.app_data::<web::Data<Store>>().cloned();
     let config = request.app_data::<web::Data<Config>>().cloned();
-    let client = config.map(|config| ClientId::of(request.request(), &config));
+    let client = config.map(|config| {
+        let client = Client::of(request.request(), &config);
+        (client.id, client.plan(&config))
+    });
     let mut response = next.call(request).await?.map_into_boxed_body();
     let decided = response.request().extensions().get::<Decided>().copied();
     let budget = match (decided, store, client) {
         (Some(Decided(budget)), _, _) => budget,
-        (None, Some(store), Some(client)) => store.budget(client).await,
+        (None, Some(store), Some((client, plan))) => store.budget(client, plan).await,
         _ => None,
     };
     if let Some(budget) = budget {

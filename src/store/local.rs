@@ -20,7 +20,11 @@ use governor::{
 };
 
 use super::admission::{Budget, LimitsView};
-use crate::{client::ClientId, config::Config, error::Refusal};
+use crate::{
+    client::{ClientId, Plan},
+    config::Config,
+    error::Refusal,
+};
 
 type Store = DashMapStateStore<ClientId>;
 
@@ -136,6 +140,9 @@ impl Rate {
     }
 }
 
+/// One plan's limiter (none: that plan has no rate limit), shared while it is used.
+type PlanRate = Arc<Option<Rate>>;
+
 /// How many streams each client, and the whole server, holds open.
 #[derive(Default)]
 struct Open {
@@ -146,9 +153,13 @@ struct Open {
 /// The server's limits: shared by the middleware, the stream handler and `/api/limits`.
 pub struct Limits {
     rate: Option<Rate>,
+    /// The server's own rate and burst, which `rate` holds.
+    default_rate: (u32, u32),
+    /// Limiters for the other rates users' tokens name: one per distinct rate and burst (a plan),
+    /// not per user, so there are as many as the operator has plans.
+    plan_rates: Mutex<HashMap<(u32, u32), PlanRate>>,
     open: Arc<Mutex<Open>>,
     max_streams: u32,
-    max_streams_per_client: u32,
 }
 
 /// An open stream's place: released when dropped, however the stream ends.
@@ -177,10 +188,37 @@ impl Limits {
     pub fn new(config: &Config) -> Self {
         Self {
             rate: Rate::new(config.rate_limit_per_minute, config.rate_limit_burst()),
+            default_rate: (config.rate_limit_per_minute, config.rate_limit_burst()),
+            plan_rates: Mutex::default(),
             open: Arc::default(),
             max_streams: config.max_streams,
-            max_streams_per_client: config.max_streams_per_client,
         }
+    }
+
+    /// Runs `f` with the rate limiter of `plan`'s rate (none: no rate limit).
+    fn with_rate<T>(&self, plan: Plan, f: impl FnOnce(Option<&Rate>) -> T) -> T {
+        let rate = (plan.per_minute, plan.burst);
+        if rate == self.default_rate {
+            return f(self.rate.as_ref());
+        }
+        let limiter = Arc::clone(
+            self.plan_rates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(rate)
+                .or_insert_with(|| Arc::new(Rate::new(rate.0, rate.1))),
+        );
+        f(limiter.as_ref().as_ref())
+    }
+
+    /// Every rate limiter: the server's and the plans'.
+    fn rates(&self) -> Vec<PlanRate> {
+        self.plan_rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Spends one question of the client's rate and takes a stream slot, or refuses and spends
@@ -188,27 +226,29 @@ impl Limits {
     pub fn admit(
         &self,
         client: ClientId,
+        plan: Plan,
     ) -> Result<(StreamSlot, Option<Budget>), (Refusal, Option<Budget>)> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let slot_refusal = if open.total >= self.max_streams {
             Some(Refusal::AtCapacity)
-        } else if open.per_client.get(&client).copied().unwrap_or(0) >= self.max_streams_per_client
-        {
-            Some(Refusal::TooManyStreams(self.max_streams_per_client))
+        } else if open.per_client.get(&client).copied().unwrap_or(0) >= plan.max_streams {
+            Some(Refusal::TooManyStreams(plan.max_streams))
         } else {
             None
         };
-        let mut budget = None;
-        if let Some(rate) = &self.rate {
+        let budget = self.with_rate(plan, |rate| {
+            let Some(rate) = rate else {
+                return Ok(None);
+            };
             // Spend only for a stream that will start, but report the rate first when both refuse.
             let empty = rate.peek(client).remaining == 0;
-            budget = Some(if slot_refusal.is_none() || empty {
+            Ok(Some(if slot_refusal.is_none() || empty {
                 rate.check(client)
                     .map_err(|wait| rate_limited(rate, wait))?
             } else {
                 rate.peek(client)
-            });
-        }
+            }))
+        })?;
         if let Some(refusal) = slot_refusal {
             crate::metrics::refused(&refusal);
             return Err((refusal, budget));
@@ -225,12 +265,12 @@ impl Limits {
     }
 
     /// The client's budget now, spending nothing; `None` without a rate limit.
-    pub fn budget(&self, client: ClientId) -> Option<Budget> {
-        self.rate.as_ref().map(|rate| rate.peek(client))
+    pub fn budget(&self, client: ClientId, plan: Plan) -> Option<Budget> {
+        self.with_rate(plan, |rate| rate.map(|rate| rate.peek(client)))
     }
 
-    pub fn view(&self, client: ClientId, config: &Config) -> LimitsView {
-        let budget = self.rate.as_ref().map(|rate| rate.peek(client));
+    pub fn view(&self, client: ClientId, plan: Plan, config: &Config) -> LimitsView {
+        let budget = self.budget(client, plan);
         let streams_open = self
             .open
             .lock()
@@ -244,26 +284,36 @@ impl Limits {
             remaining: budget.map_or(0, |b| b.remaining),
             reset_secs: budget.map_or(0, |b| b.reset_secs),
             streams_open,
-            max_streams_per_client: self.max_streams_per_client,
+            max_streams_per_client: plan.max_streams,
             max_query_chars: config.max_query_chars,
         }
     }
 
     /// Forgets clients whose budget is full again; returns how many are still remembered.
     pub fn forget_idle_clients(&self) -> usize {
-        match &self.rate {
-            Some(rate) => {
-                rate.limiter.retain_recent();
-                rate.limiter.shrink_to_fit();
-                rate.limiter.len()
-            }
-            None => 0,
-        }
+        let forget = |rate: &Rate| {
+            rate.limiter.retain_recent();
+            rate.limiter.shrink_to_fit();
+            rate.limiter.len()
+        };
+        let plans: usize = self
+            .rates()
+            .iter()
+            .filter_map(|rate| rate.as_ref().as_ref())
+            .map(forget)
+            .sum();
+        self.rate.as_ref().map_or(0, forget) + plans
     }
 
-    /// Clients the rate limiter remembers.
+    /// Clients the rate limiters remember.
     pub fn tracked_clients(&self) -> usize {
-        self.rate.as_ref().map_or(0, |rate| rate.limiter.len())
+        let plans: usize = self
+            .rates()
+            .iter()
+            .filter_map(|rate| rate.as_ref().as_ref())
+            .map(|rate| rate.limiter.len())
+            .sum();
+        self.rate.as_ref().map_or(0, |rate| rate.limiter.len()) + plans
     }
 }
 

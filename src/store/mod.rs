@@ -19,7 +19,11 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use crate::{client::ClientId, config::Config, llm::Turn};
+use crate::{
+    client::{ClientId, Owner, Plan},
+    config::Config,
+    llm::Turn,
+};
 pub use admission::{Budget, LimitsView, Refused};
 use conversations::{Begun, Conversations};
 use local::{Limits, StreamSlot};
@@ -124,10 +128,11 @@ impl Store {
         self.redis.clone().map(Redis::upkeep)
     }
 
-    /// Spends one question of the client's rate and takes a stream slot, or refuses and spends nothing.
-    pub async fn admit(&self, client: ClientId) -> Result<Admitted, Refused> {
+    /// Spends one question of the client's rate and takes a stream slot, by its plan, or refuses
+    /// and spends nothing.
+    pub async fn admit(&self, client: ClientId, plan: Plan) -> Result<Admitted, Refused> {
         if let Some(redis) = &self.redis
-            && let Some(admission) = redis.admit(client).await
+            && let Some(admission) = redis.admit(client, plan).await
         {
             return admission.map(|(lease, budget)| Admitted {
                 slot: self.slot(None, Some(lease)),
@@ -136,7 +141,7 @@ impl Store {
         }
         let (local, budget) = self
             .limits
-            .admit(client)
+            .admit(client, plan)
             .map_err(|(refusal, budget)| Refused { refusal, budget })?;
         // Taken while Redis is away: leased there as soon as it is back, so that the shared caps
         // count this stream again at once.
@@ -166,20 +171,20 @@ impl Store {
     }
 
     /// The client's budget now, spending nothing.
-    pub async fn budget(&self, client: ClientId) -> Option<Budget> {
+    pub async fn budget(&self, client: ClientId, plan: Plan) -> Option<Budget> {
         if let Some(redis) = &self.redis
-            && let Some((budget, _)) = redis.peek(client).await
+            && let Some((budget, _)) = redis.peek(client, plan).await
         {
             return budget;
         }
-        self.limits.budget(client)
+        self.limits.budget(client, plan)
     }
 
     /// What `/api/limits` tells a client about itself.
-    pub async fn view(&self, client: ClientId, config: &Config) -> LimitsView {
-        let mut view = self.limits.view(client, config);
+    pub async fn view(&self, client: ClientId, plan: Plan, config: &Config) -> LimitsView {
+        let mut view = self.limits.view(client, plan, config);
         if let Some(redis) = &self.redis
-            && let Some((budget, open)) = redis.peek(client).await
+            && let Some((budget, open)) = redis.peek(client, plan).await
         {
             if let Some(budget) = budget {
                 view.limit = budget.limit;
@@ -192,22 +197,37 @@ impl Store {
     }
 
     /// Copies an answer's log to Redis as it grows, so that other instances can resume it.
-    pub fn mirror(&self, id: &str, question: &str, client: ClientId, log: Arc<log::Log>) {
+    pub fn mirror(
+        &self,
+        id: &str,
+        question: &str,
+        (client, owner): (ClientId, Owner),
+        log: Arc<log::Log>,
+    ) {
         if let Some(redis) = &self.redis {
-            redis.mirror(id, question, client, log);
+            redis.mirror(id, question, client, owner, log);
         }
     }
 
     /// Follows an answer produced by another instance, after event `after`, if it is there, asked
-    /// with `question`, and not over after `after`.
-    pub async fn follow(&self, id: &str, after: u64, question: &str) -> Option<Follow> {
-        self.redis.as_ref()?.follow(id, after, question).await
+    /// with `question`, `owner`'s, and not over after `after`.
+    pub async fn follow(
+        &self,
+        id: &str,
+        after: u64,
+        question: &str,
+        owner: Owner,
+    ) -> Option<Follow> {
+        self.redis
+            .as_ref()?
+            .follow(id, after, question, owner)
+            .await
     }
 
-    /// Asks the other instances to stop answer `id`; false when none knows it.
-    pub async fn cancel_elsewhere(&self, id: &str) -> bool {
+    /// Asks the other instances to stop answer `id`; false when none knows it as `owner`'s.
+    pub async fn cancel_elsewhere(&self, id: &str, owner: Owner) -> bool {
         match &self.redis {
-            Some(redis) => redis.cancel(id).await,
+            Some(redis) => redis.cancel(id, owner).await,
             None => false,
         }
     }
@@ -220,11 +240,17 @@ impl Store {
     }
 
     /// Begins `stream`'s turn in conversation `asked` (a new conversation when it is `None`,
-    /// malformed, unknown or expired), marking the conversation busy until [`Store::end_turn`].
-    pub async fn begin_turn(&self, asked: Option<&str>, stream: &str) -> Conversation {
+    /// malformed, unknown, expired or another identity's), marking the conversation busy until
+    /// [`Store::end_turn`].
+    pub async fn begin_turn(
+        &self,
+        asked: Option<&str>,
+        stream: &str,
+        owner: Owner,
+    ) -> Conversation {
         let asked = asked.filter(|id| crate::id::is_valid(id));
         if let Some(id) = asked {
-            match self.begin(id, stream, false).await {
+            match self.begin(&owned(id, owner), stream, false).await {
                 Begun::Ready(history) => {
                     return Conversation::Ready {
                         id: id.to_owned(),
@@ -237,7 +263,7 @@ impl Store {
             }
         }
         let id = crate::id::new();
-        self.begin(&id, stream, true).await;
+        self.begin(&owned(&id, owner), stream, true).await;
         Conversation::Ready {
             id,
             turn: 1,
@@ -254,8 +280,10 @@ impl Store {
         self.conversations.begin(id, stream, new)
     }
 
-    /// Ends `stream`'s turn in conversation `id`, keeping `turn` (none: the person saw nothing).
-    pub async fn end_turn(&self, id: &str, stream: &str, turn: Option<Turn>) {
+    /// Ends `stream`'s turn in `owner`'s conversation `id`, keeping `turn` (none: the person saw
+    /// nothing).
+    pub async fn end_turn(&self, id: &str, owner: Owner, stream: &str, turn: Option<Turn>) {
+        let id = &*owned(id, owner);
         if let Some(redis) = &self.redis {
             redis
                 .end_turn(
@@ -270,13 +298,25 @@ impl Store {
         self.conversations.end(id, stream, turn);
     }
 
-    /// The turns of conversation `id`; `None` when it is unknown or expired.
-    pub async fn turns(&self, id: &str) -> Option<Vec<Turn>> {
+    /// The turns of `owner`'s conversation `id`; `None` when it is unknown, expired or another
+    /// identity's.
+    pub async fn turns(&self, id: &str, owner: Owner) -> Option<Vec<Turn>> {
+        let id = &*owned(id, owner);
         if let Some(redis) = &self.redis
             && let Some(turns) = redis.turns(id).await
         {
             return turns;
         }
         self.conversations.turns(id)
+    }
+}
+
+/// A conversation's key in the store: its id, followed by its owner's hash when a user owns it, so
+/// that a lookup by any other identity finds nothing, exactly as for an unknown id. Anonymous
+/// conversations keep their bare id (the id is their only credential, as always).
+fn owned(id: &str, owner: Owner) -> std::borrow::Cow<'_, str> {
+    match owner {
+        Owner::Anonymous => id.into(),
+        Owner::User(key) => format!("{id}.{key}").into(),
     }
 }

@@ -5,6 +5,7 @@
     reason = "a test fails loudly on anything unexpected"
 )]
 
+mod auth;
 mod browser;
 mod certs;
 mod config;

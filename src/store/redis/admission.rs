@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use super::Redis;
 use crate::{
-    client::ClientId,
+    client::{ClientId, Plan},
     config::Config,
     error::Refusal,
     store::{
@@ -28,6 +28,7 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::RENEW));
 
 const ALL_SLOTS: &str = "llm-stream:slots";
 
+/// A user's keys hold a hash of their `sub` (see `ClientId`'s Display), never the `sub` itself.
 fn rate_key(client: ClientId) -> String {
     format!("llm-stream:rate:{{{client}}}")
 }
@@ -46,13 +47,30 @@ pub struct Settings {
 
 impl Settings {
     pub fn new(config: &Config) -> Self {
-        let per_minute = u64::from(config.rate_limit_per_minute);
+        Self::of(
+            Plan {
+                per_minute: config.rate_limit_per_minute,
+                burst: config.rate_limit_burst(),
+                max_streams: config.max_streams_per_client,
+            },
+            config.max_streams,
+        )
+    }
+
+    fn of(plan: Plan, max_total: u32) -> Self {
+        let per_minute = u64::from(plan.per_minute);
         Self {
             interval_ms: 60_000_u64.checked_div(per_minute).unwrap_or(0),
-            burst: config.rate_limit_burst().max(1),
-            max_per_client: config.max_streams_per_client,
-            max_total: config.max_streams,
+            burst: plan.burst.max(1),
+            max_per_client: plan.max_streams,
+            max_total,
         }
+    }
+
+    /// These settings with a client's plan (the server's own, or its token's), passed to the
+    /// scripts as arguments.
+    fn plan(&self, plan: Plan) -> Self {
+        Self::of(plan, self.max_total)
     }
 
     fn budget(&self, remaining: u32) -> Option<Budget> {
@@ -102,8 +120,9 @@ impl Redis {
     pub async fn admit(
         &self,
         client: ClientId,
+        plan: Plan,
     ) -> Option<Result<(Lease, Option<Budget>), Refused>> {
-        let settings = &self.0.admission;
+        let settings = &self.0.admission.plan(plan);
         let id = crate::id::new();
         let mut manager = self.manager();
         let mut invocation = ADMIT.key(rate_key(client));
@@ -159,8 +178,8 @@ impl Redis {
     }
 
     /// The client's budget and open streams, spending nothing; `None` when Redis cannot say.
-    pub async fn peek(&self, client: ClientId) -> Option<(Option<Budget>, u32)> {
-        let settings = &self.0.admission;
+    pub async fn peek(&self, client: ClientId, plan: Plan) -> Option<(Option<Budget>, u32)> {
+        let settings = &self.0.admission.plan(plan);
         let mut manager = self.manager();
         let mut invocation = PEEK.key(rate_key(client));
         invocation

@@ -5,7 +5,7 @@
 //! own); when the alive key lapses before the last event, the producer died.
 //!
 //! Keys, each with the answer's retention once it ends: `llm-stream:answer:{<id>}` (a hash: `q`, the
-//! question; `client`), `llm-stream:answer:{<id>}:events` (the stream: fields `k`, the kind, and
+//! question; `client`; `owner`, the owning user's hash or empty when anonymous), `llm-stream:answer:{<id>}:events` (the stream: fields `k`, the kind, and
 //! `d`, the data line), `llm-stream:answer:{<id>}:alive` (while produced, expires within [`ALIVE`]).
 
 use std::{sync::Arc, time::Duration};
@@ -18,7 +18,7 @@ use ::redis::{
 
 use super::{BACKGROUND_LIMIT, Redis};
 use crate::{
-    client::ClientId,
+    client::{ClientId, Owner},
     store::{
         Signal,
         log::{Kind, Log, Record},
@@ -60,7 +60,7 @@ fn record(entry: &StreamId) -> Option<Record> {
 
 impl Redis {
     /// Copies the log as it grows; the opening event (number 0) stays local: a resume always starts after it.
-    pub fn mirror(&self, id: &str, question: &str, client: ClientId, log: Arc<Log>) {
+    pub fn mirror(&self, id: &str, question: &str, client: ClientId, owner: Owner, log: Arc<Log>) {
         if !self.is_up() {
             return;
         }
@@ -72,7 +72,14 @@ impl Redis {
             let mut pipe = ::redis::pipe();
             // Atomic: a reader never finds the answer without its alive key.
             pipe.atomic()
-                .hset_multiple(&meta, &[("q", question), ("client", client.to_string())])
+                .hset_multiple(
+                    &meta,
+                    &[
+                        ("q", question),
+                        ("client", client.to_string()),
+                        ("owner", owner.tag()),
+                    ],
+                )
                 .pexpire(&meta, lifetime as i64)
                 .set_options(
                     &alive,
@@ -151,11 +158,20 @@ impl Redis {
     }
 
     /// A follower of answer `id` after event `after`, if the answer is there, asked with
-    /// `question`, and not over after `after`.
-    pub async fn follow(&self, id: &str, after: u64, question: &str) -> Option<Follow> {
+    /// `question`, `owner`'s, and not over after `after`.
+    pub async fn follow(
+        &self,
+        id: &str,
+        after: u64,
+        question: &str,
+        owner: Owner,
+    ) -> Option<Follow> {
         let mut manager = self.manager();
         let mut pipe = ::redis::pipe();
-        pipe.hget(meta_key(id), "q")
+        pipe.cmd("HMGET")
+            .arg(meta_key(id))
+            .arg("q")
+            .arg("owner")
             .cmd("XREVRANGE")
             .arg(events_key(id))
             .arg("+")
@@ -163,9 +179,12 @@ impl Redis {
             .arg("COUNT")
             .arg(1)
             .exists(alive_key(id));
-        let lookup = pipe.query_async::<(Option<String>, StreamRangeReply, bool)>(&mut manager);
-        let (asked, last, alive) = self.call(self.0.request_limit, lookup).await?;
-        if asked.as_deref() != Some(question) {
+        let lookup = pipe
+            .query_async::<((Option<String>, Option<String>), StreamRangeReply, bool)>(
+                &mut manager,
+            );
+        let ((asked, owned_by), last, alive) = self.call(self.0.request_limit, lookup).await?;
+        if asked.as_deref() != Some(question) || owned_by.unwrap_or_default() != owner.tag() {
             return None;
         }
         let last = last.ids.first().and_then(record);
@@ -183,16 +202,21 @@ impl Redis {
         })
     }
 
-    /// Asks the producer of `id` to stop, wherever it runs; false when no instance knows it.
-    pub async fn cancel(&self, id: &str) -> bool {
+    /// Asks the producer of `id` to stop, wherever it runs; false when no instance knows it as
+    /// `owner`'s.
+    pub async fn cancel(&self, id: &str, owner: Owner) -> bool {
         let mut manager = self.manager();
+        let mut pipe = ::redis::pipe();
+        pipe.exists(meta_key(id)).hget(meta_key(id), "owner");
         let known = self
             .call(
                 self.0.request_limit,
-                manager.exists::<_, bool>(meta_key(id)),
+                pipe.query_async::<(bool, Option<String>)>(&mut manager),
             )
             .await
-            .unwrap_or(false);
+            .is_some_and(|(exists, owned_by)| {
+                exists && owned_by.unwrap_or_default() == owner.tag()
+            });
         if known {
             self.announce(Signal::Cancel(id.to_owned()));
         }
