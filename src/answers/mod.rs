@@ -276,7 +276,7 @@ impl Answers {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Forgets the finished answers whose retention is over.
+    /// Forgets the finished answers whose retention is over (and the oldest while over RESUME_MAX_BYTES).
     fn sweep(&self) {
         self.evict(&mut self.lock(), Instant::now());
     }

@@ -12,6 +12,16 @@ pub struct Budget {
     pub reset_secs: u64,
 }
 
+impl Budget {
+    /// This budget as a refusal for the rate leaves it: full again no sooner than `wait` from now.
+    pub fn waiting(self, wait: std::time::Duration) -> Self {
+        Self {
+            reset_secs: self.reset_secs.max(crate::error::ceil_secs(wait)),
+            ..self
+        }
+    }
+}
+
 /// A stream refused, and the client's budget (nothing was spent).
 pub struct Refused {
     pub refusal: Refusal,

@@ -321,12 +321,7 @@ impl Limits {
 fn rate_limited(rate: &Rate, wait: Duration) -> (Refusal, Option<Budget>) {
     let refusal = Refusal::RateLimited { retry_after: wait };
     crate::metrics::refused(&refusal);
-    let budget = rate.budget(0);
-    let budget = Budget {
-        reset_secs: budget.reset_secs.max(crate::error::ceil_secs(wait)),
-        ..budget
-    };
-    (refusal, Some(budget))
+    (refusal, Some(rate.budget(0).waiting(wait)))
 }
 
 #[cfg(test)]

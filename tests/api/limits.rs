@@ -9,7 +9,8 @@ use crate::{
     mock_upstream::{End, Reply, openai},
 };
 
-fn limited(per_minute: u32, burst: u32) -> impl FnOnce(&mut llm_stream::config::Config) {
+/// A rate of `per_minute` with a burst of `burst`, for `spawn_app_with`.
+pub fn limited(per_minute: u32, burst: u32) -> impl FnOnce(&mut llm_stream::config::Config) {
     move |c| {
         c.rate_limit_per_minute = per_minute;
         c.rate_limit_burst = Some(burst);

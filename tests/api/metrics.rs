@@ -247,11 +247,7 @@ crate::both_stores! {
 
     async fn a_request_refused_by_the_rate_limiter_is_counted() {
         const RATE_LIMITED: &str = r#"llm_stream_refusals_total{reason="rate_limited"}"#;
-        let app = spawn_app_with(|config| {
-            config.rate_limit_per_minute = 1;
-            config.rate_limit_burst = Some(1);
-        })
-        .await;
+        let app = spawn_app_with(crate::limits::limited(1, 1)).await;
         app.mock
             .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
         let before = scrape(&app).await;
@@ -264,11 +260,7 @@ crate::both_stores! {
     }
 
     async fn the_metrics_endpoint_is_not_rate_limited() {
-        let app = spawn_app_with(|config| {
-            config.rate_limit_per_minute = 1;
-            config.rate_limit_burst = Some(1);
-        })
-        .await;
+        let app = spawn_app_with(crate::limits::limited(1, 1)).await;
         app.mock
             .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
         assert_eq!(app.stream("spend the budget").await.status, 200);

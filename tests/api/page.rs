@@ -114,6 +114,19 @@ async fn wait_for_state(browser: &Browser, state: &str) -> View {
     serde_json::from_value(found).expect("a view")
 }
 
+/// The page's requests to `/api/stream`, by the browser's own record (query strings included).
+async fn stream_urls(browser: &Browser) -> Vec<String> {
+    serde_json::from_value(
+        browser
+            .js(
+                "return performance.getEntriesByType('resource').map((e) => e.name)
+                     .filter((n) => n.includes('/api/stream'));",
+            )
+            .await,
+    )
+    .expect("names")
+}
+
 async fn ask(browser: &Browser, question: &str) {
     browser.type_into("#question", question).await;
     browser.click("#ask").await;

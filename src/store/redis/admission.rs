@@ -148,10 +148,9 @@ impl Redis {
             _ => Refusal::AtCapacity,
         };
         let budget = match &refusal {
-            Refusal::RateLimited { retry_after } => settings.budget(0).map(|b| Budget {
-                reset_secs: b.reset_secs.max(crate::error::ceil_secs(*retry_after)),
-                ..b
-            }),
+            Refusal::RateLimited { retry_after } => {
+                settings.budget(0).map(|b| b.waiting(*retry_after))
+            }
             _ => budget,
         };
         crate::metrics::refused(&refusal);

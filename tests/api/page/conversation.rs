@@ -408,15 +408,3 @@ async fn a_reload_with_a_conversation_the_server_forgot_starts_empty_and_quietly
         "nothing expired that was asked in"
     );
 }
-
-async fn stream_urls(browser: &Browser) -> Vec<String> {
-    serde_json::from_value(
-        browser
-            .js(
-                "return performance.getEntriesByType('resource').map((e) => e.name)
-                     .filter((n) => n.includes('/api/stream'));",
-            )
-            .await,
-    )
-    .expect("names")
-}

@@ -263,15 +263,7 @@ async fn a_reload_mid_answer_shows_the_question_and_continues_the_answer_without
             .all(|closed| *closed >= last_write),
         "the upstream was closed before the answer's end"
     );
-    let requests: Vec<String> = serde_json::from_value(
-        browser
-            .js(
-                "return performance.getEntriesByType('resource').map((e) => e.name)
-                     .filter((n) => n.includes('/api/stream'));",
-            )
-            .await,
-    )
-    .expect("names");
+    let requests = stream_urls(&browser).await;
     let stream = stream.as_str().expect("a stream id");
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert!(
@@ -321,15 +313,7 @@ async fn back_from_the_back_forward_cache_mid_answer_the_page_continues_the_answ
     assert_eq!(done.error, "");
     assert_eq!(app.mock.request_count(), 1);
     let stream = stream.as_str().expect("a stream id");
-    let requests: Vec<String> = serde_json::from_value(
-        browser
-            .js(
-                "return performance.getEntriesByType('resource').map((e) => e.name)
-                     .filter((n) => n.includes('/api/stream'));",
-            )
-            .await,
-    )
-    .expect("names");
+    let requests = stream_urls(&browser).await;
     assert_eq!(requests.len(), 2, "{requests:?}");
     assert!(
         requests[1].ends_with(&format!("&last_event_id={stream}%3A0")),
