@@ -78,9 +78,9 @@ pub struct UserLimits {
     pub requests_per_minute: Option<u32>,
     pub burst: Option<u32>,
     pub max_streams: Option<u32>,
-    /// For token budgets, which have not landed: accepted so that tokens written for them stay
-    /// valid, not enforced yet.
+    /// This user's token budget (0: none), replacing TOKEN_BUDGET…
     pub tokens: Option<u64>,
+    /// … over this many seconds, replacing TOKEN_BUDGET_WINDOW_SECS.
     pub tokens_window_secs: Option<u64>,
 }
 
@@ -91,6 +91,9 @@ pub struct Plan {
     pub per_minute: u32,
     pub burst: u32,
     pub max_streams: u32,
+    /// The token budget: tokens per window (0: no budget), refilled evenly.
+    pub tokens: u64,
+    pub tokens_window: std::time::Duration,
 }
 
 /// Who is asking: what the limits key on, the limits themselves, and whose answers are theirs.
@@ -161,6 +164,12 @@ impl Client {
                 .limits
                 .max_streams
                 .unwrap_or(config.max_streams_per_client),
+            tokens: self.limits.tokens.unwrap_or(config.token_budget),
+            tokens_window: self
+                .limits
+                .tokens_window_secs
+                .filter(|secs| *secs > 0)
+                .map_or(config.token_budget_window, std::time::Duration::from_secs),
         }
     }
 

@@ -204,6 +204,26 @@ pub struct Config {
     #[arg(long, env = "CONVERSATION_MAX_CHARS", default_value_t = 24_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub conversation_max_chars: u32,
 
+    /// Tokens (prompt and completion) one client may spend per TOKEN_BUDGET_WINDOW_SECS, refilled evenly (0: no budget).
+    #[arg(long, env = "TOKEN_BUDGET", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub token_budget: u64,
+
+    /// Seconds in which a spent TOKEN_BUDGET refills completely.
+    #[arg(long = "token-budget-window-secs", env = "TOKEN_BUDGET_WINDOW_SECS", value_name = "TOKEN_BUDGET_WINDOW_SECS", default_value = "86400", value_parser = parse_secs)]
+    pub token_budget_window: Duration,
+
+    /// The fewest answer tokens a question is admitted with when its budget runs low.
+    #[arg(long, env = "TOKEN_BUDGET_MIN_ANSWER", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_budget_min_answer: u32,
+
+    /// Tokens the whole service may spend per GLOBAL_TOKEN_BUDGET_WINDOW_SECS, typically the provider's quota (0: none).
+    #[arg(long, env = "GLOBAL_TOKEN_BUDGET", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub global_token_budget: u64,
+
+    /// Seconds in which a spent GLOBAL_TOKEN_BUDGET refills completely.
+    #[arg(long = "global-token-budget-window-secs", env = "GLOBAL_TOKEN_BUDGET_WINDOW_SECS", value_name = "GLOBAL_TOKEN_BUDGET_WINDOW_SECS", default_value = "60", value_parser = parse_secs)]
+    pub global_token_budget_window: Duration,
+
     /// A Redis that several instances share for limits and resumable answers (redis://, rediss://, redis+unix://).
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
     pub redis_url: Option<SecretString>,
@@ -335,6 +355,17 @@ impl Config {
             if let Some((setting, _)) = needs.iter().find(|(_, set)| *set) {
                 return Err(format!(
                     "{setting} needs AUTH_JWT_SECRET or AUTH_JWKS_URL: without one, no token is verified"
+                ));
+            }
+        }
+        for (setting, budget) in [
+            ("TOKEN_BUDGET", self.token_budget),
+            ("GLOBAL_TOKEN_BUDGET", self.global_token_budget),
+        ] {
+            if budget != 0 && budget < u64::from(self.token_budget_min_answer) {
+                return Err(format!(
+                    "{setting} must be 0 (off) or at least TOKEN_BUDGET_MIN_ANSWER ({}): no answer could ever fit",
+                    self.token_budget_min_answer
                 ));
             }
         }

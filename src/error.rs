@@ -13,6 +13,12 @@ pub enum Refusal {
     InvalidQuery(String),
     #[error("Too many questions from this address; try again in {} s.", ceil_secs(*retry_after))]
     RateLimited { retry_after: Duration },
+    /// Not even a minimum answer fits in the client's token budget.
+    #[error("Your token budget is spent; enough for another answer is back in {} s.", ceil_secs(*retry_after))]
+    TokenBudgetExhausted { retry_after: Duration },
+    /// Not even a minimum answer fits in the whole service's token budget (GLOBAL_TOKEN_BUDGET).
+    #[error("The service has used up its token budget for now; try again in {} s.", ceil_secs(*retry_after))]
+    ServiceBudgetExhausted { retry_after: Duration },
     #[error("This address already has {0} answers streaming; wait for one to finish or stop it.")]
     TooManyStreams(u32),
     #[error("The server is answering as many questions as it can; try again in a few seconds.")]
@@ -61,6 +67,8 @@ impl Refusal {
         match self {
             Self::InvalidQuery(_) => "invalid_query",
             Self::RateLimited { .. } => "rate_limited",
+            Self::TokenBudgetExhausted { .. } => "token_budget_exhausted",
+            Self::ServiceBudgetExhausted { .. } => "service_budget_exhausted",
             Self::TooManyStreams(_) => "too_many_streams",
             Self::AtCapacity => "at_capacity",
             Self::NotFound => "not_found",
@@ -77,7 +85,9 @@ impl Refusal {
     /// Whole seconds to wait, rounded up so that a client that waits that long is admitted.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Self::RateLimited { retry_after } => Some(ceil_secs(*retry_after)),
+            Self::RateLimited { retry_after }
+            | Self::TokenBudgetExhausted { retry_after }
+            | Self::ServiceBudgetExhausted { retry_after } => Some(ceil_secs(*retry_after)),
             Self::AtCapacity => Some(AT_CAPACITY_RETRY_SECS),
             Self::AuthUnavailable => Some(AUTH_UNAVAILABLE_RETRY_SECS),
             _ => None,
@@ -95,8 +105,12 @@ impl ResponseError for Refusal {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
-            Self::RateLimited { .. } | Self::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::AtCapacity | Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. }
+            | Self::TooManyStreams(_)
+            | Self::TokenBudgetExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::AtCapacity | Self::AuthUnavailable | Self::ServiceBudgetExhausted { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::NotFound | Self::UnknownStream | Self::UnknownConversation => {
                 StatusCode::NOT_FOUND

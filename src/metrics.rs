@@ -17,8 +17,9 @@ use crate::error::Refusal;
 pub const STREAMS_OPEN: &str = "llm_stream_streams_open";
 /// Streams ended, by `outcome`: `done`, an in-band error code, or `client_gone`.
 pub const STREAMS: &str = "llm_stream_streams_total";
-/// Requests refused before any stream, by `reason`: `rate_limited`, `too_many_streams`,
-/// `at_capacity`, `invalid_query`, `cross_site`, `conversation_busy`.
+/// Requests refused before any stream, by `reason`: `rate_limited`, `token_budget_exhausted`,
+/// `service_budget_exhausted`, `too_many_streams`, `at_capacity`, `invalid_query`, `cross_site`,
+/// `conversation_busy`.
 pub const REFUSALS: &str = "llm_stream_refusals_total";
 /// Time from the request to the first token or reasoning delta sent.
 pub const FIRST_TOKEN: &str = "llm_stream_first_token_seconds";
@@ -26,6 +27,9 @@ pub const FIRST_TOKEN: &str = "llm_stream_first_token_seconds";
 pub const DURATION: &str = "llm_stream_stream_duration_seconds";
 /// Tokens sent to clients.
 pub const TOKENS: &str = "llm_stream_tokens_sent_total";
+/// Tokens answers cost, by `kind` (`prompt`, `completion`) and `source`: `usage` (as the upstream
+/// reported them) or `estimate` (characters / 4, when it reported none).
+pub const TOKENS_SPENT: &str = "llm_stream_tokens_total";
 /// Upstream responses, by `upstream` (`primary`, `fallback`) and `status`: the HTTP status, or
 /// `error` when no response came.
 pub const UPSTREAM: &str = "llm_stream_upstream_responses_total";
@@ -91,6 +95,10 @@ fn install() -> PrometheusHandle {
     );
     describe_counter!(TOKENS, "Tokens sent to clients.");
     describe_counter!(
+        TOKENS_SPENT,
+        "Tokens answers cost, by kind (prompt, completion) and source (usage, estimate)."
+    );
+    describe_counter!(
         UPSTREAM,
         "Upstream responses, by upstream and HTTP status (error: none came)."
     );
@@ -152,6 +160,12 @@ pub fn stream_ended(
     }
     histogram!(DURATION).record(duration.as_secs_f64());
     counter!(TOKENS).increment(tokens);
+}
+
+/// What one answer cost, in tokens, and where the figures come from (`usage`, `estimate`).
+pub fn tokens_spent(prompt: u64, completion: u64, source: &'static str) {
+    counter!(TOKENS_SPENT, "kind" => "prompt", "source" => source).increment(prompt);
+    counter!(TOKENS_SPENT, "kind" => "completion", "source" => source).increment(completion);
 }
 
 /// A request refused before any stream (by a limit, or for its query).

@@ -36,6 +36,10 @@ pub struct StreamReport {
     /// With a fallback configured: which upstream answered, and its model.
     upstream: Option<&'static str>,
     model: Option<String>,
+    /// What the answer cost: prompt and completion tokens, and their source (`usage`, `estimate`).
+    cost: Option<(u64, u64, &'static str)>,
+    /// `token_budget` when the budget lowered the answer's `max_tokens` and the answer ran into it.
+    limited_by: Option<&'static str>,
 }
 
 impl StreamReport {
@@ -54,6 +58,8 @@ impl StreamReport {
             resumed: 0,
             upstream: None,
             model: None,
+            cost: None,
+            limited_by: None,
         }
     }
 
@@ -75,6 +81,16 @@ impl StreamReport {
     pub fn answered_by(&mut self, upstream: &'static str, model: Option<String>) {
         self.upstream = Some(upstream);
         self.model = model;
+    }
+
+    /// What the answer cost, in tokens, and the source of the figures; counted at once.
+    pub fn spent(&mut self, prompt: u64, completion: u64, source: &'static str) {
+        crate::metrics::tokens_spent(prompt, completion, source);
+        self.cost = Some((prompt, completion, source));
+    }
+
+    pub fn limited_by(&mut self, limit: &'static str) {
+        self.limited_by = Some(limit);
     }
 
     /// How many times a reconnecting client picked the answer up again.
@@ -99,6 +115,10 @@ impl Drop for StreamReport {
             resumed = self.resumed,
             upstream = self.upstream,
             model = self.model.as_deref(),
+            prompt_tokens = self.cost.map(|c| c.0),
+            completion_tokens = self.cost.map(|c| c.1),
+            tokens_source = self.cost.map(|c| c.2),
+            limited_by = self.limited_by,
             "stream ended"
         );
     }

@@ -17,9 +17,9 @@ use super::{Answer, Answers, control::Raised};
 use crate::store::log::Kind;
 use crate::{
     error::StreamError,
-    llm::{EventStream, LlmEvent},
+    llm::{EventStream, FinishBudget, LlmEvent, Usage},
     sse,
-    store::Slot,
+    store::{Cost, Slot, tokens::estimate},
     telemetry::StreamReport,
 };
 
@@ -48,6 +48,10 @@ pub(super) async fn produce(
     answers: Answers,
     mut report: StreamReport,
 ) {
+    // Settled when the answer ends, however it ends (the finish carries the budget after it).
+    let mut slot = Some(slot);
+    // The characters streamed (text and reasoning), for the cost when the upstream reports none.
+    let mut completion_chars = 0_usize;
     // One timer for the whole answer, not one per event.
     let deadline = sleep_until(Instant::now() + answers.settings.budget);
     let mut deadline = pin!(deadline);
@@ -107,6 +111,7 @@ pub(super) async fn produce(
             Step::Presence => presence_changed = true,
             Step::Event(Some(Ok(LlmEvent::Token(token)))) => {
                 report.token();
+                completion_chars += token.chars().count();
                 text.push_str(&token);
                 kept += answer.log.append(Kind::Message, sse::token_data(&token));
                 if kept > room && !answers.make_room(&mut room, kept) {
@@ -115,6 +120,7 @@ pub(super) async fn produce(
             }
             Step::Event(Some(Ok(LlmEvent::Reasoning(reasoning)))) => {
                 report.first_output();
+                completion_chars += reasoning.chars().count();
                 kept += answer
                     .log
                     .append(Kind::Message, sse::reasoning_data(&reasoning));
@@ -122,10 +128,21 @@ pub(super) async fn produce(
                     break End::Error(StreamError::TooLong);
                 }
             }
-            Step::Event(Some(Ok(LlmEvent::Finish(finish)))) => {
+            Step::Event(Some(Ok(LlmEvent::Finish(mut finish)))) => {
                 report.finish("done");
                 if let Some(upstream) = finish.upstream {
                     report.answered_by(upstream, finish.model.clone());
+                }
+                if let Some(slot) = slot.take() {
+                    if slot.capped() && finish.finish_reason == "length" {
+                        finish.limited_by = Some("token_budget");
+                        report.limited_by("token_budget");
+                    }
+                    let cost = cost(&slot, finish.usage, completion_chars);
+                    report.spent(cost.prompt, cost.completion, cost.source);
+                    finish.budget = slot.settle(&cost).await.map(|b| FinishBudget {
+                        tokens_remaining: b.remaining,
+                    });
                 }
                 answer.log.append(Kind::Message, sse::finish_data(&finish));
                 break End::Complete;
@@ -135,8 +152,13 @@ pub(super) async fn produce(
         }
     };
     // The stream's place and the upstream call end here, before anything else is done: the slot
-    // first, so that whoever sees the upstream closed finds the slot free.
-    drop(slot);
+    // first (settling its token reservation to what was streamed), so that whoever sees the
+    // upstream closed finds the slot free and the unused tokens back.
+    if let Some(slot) = slot.take() {
+        let cost = cost(&slot, None, completion_chars);
+        report.spent(cost.prompt, cost.completion, cost.source);
+        slot.settle(&cost).await;
+    }
     match end {
         // Read what the upstream sends after its finish in the background, so that its
         // connection is kept for the next answer; the client does not wait for it.
@@ -169,4 +191,21 @@ pub(super) async fn produce(
     answer.log.append(Kind::End, last);
     report.resumed(answer.resumed.load(std::sync::atomic::Ordering::Relaxed));
     answers.finished(&answer, room);
+}
+
+/// What an answer cost: the upstream's usage, else the documented estimate (the prompt's
+/// characters / 4, as admitted, and the streamed characters / 4), each rounded up.
+fn cost(slot: &Slot, usage: Option<Usage>, completion_chars: usize) -> Cost {
+    match usage {
+        Some(usage) => Cost {
+            prompt: usage.prompt_tokens,
+            completion: usage.completion_tokens,
+            source: "usage",
+        },
+        None => Cost {
+            prompt: slot.prompt_estimate(),
+            completion: estimate(completion_chars),
+            source: "estimate",
+        },
+    }
 }

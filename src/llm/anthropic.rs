@@ -209,6 +209,7 @@ impl Anthropic {
         history: &[Turn],
         request_id: &str,
         attempts: Attempts,
+        max_tokens: Option<u32>,
     ) -> EventStream {
         // A key that is no header value is sent empty, so that Anthropic answers 401.
         let endpoint = &self.endpoint;
@@ -221,7 +222,7 @@ impl Anthropic {
             .header("anthropic-version", API_VERSION)
             .json(&MessagesRequest {
                 model: &endpoint.model,
-                max_tokens: endpoint.max_tokens,
+                max_tokens: max_tokens.unwrap_or(endpoint.max_tokens),
                 system: &endpoint.system_prompt,
                 messages: super::chat(history, question)
                     .map(|(role, content)| Message { role, content })

@@ -52,13 +52,12 @@ impl Fallback {
     pub fn stream(
         &self,
         primary: &Model,
-        question: &str,
-        history: &[Turn],
-        request_id: &str,
+        (question, history, request_id): (&str, &[Turn], &str),
         attempts: Attempts,
+        max_tokens: Option<u32>,
     ) -> EventStream {
         let leg = |model: &Model, pass, attempts| Leg {
-            events: model.stream(question, history, request_id, attempts),
+            events: model.stream(question, history, request_id, attempts, max_tokens),
             pass,
         };
         let once = Attempts {

@@ -46,6 +46,18 @@ pub struct Finish {
     /// … and which upstream it is (`primary`, `fallback`). Without a fallback, neither is sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<&'static str>,
+    /// `token_budget` when the answer's `max_tokens` was lowered to fit the budget and it ran out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limited_by: Option<&'static str>,
+    /// The client's token budget once this answer is settled, when one applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<FinishBudget>,
+}
+
+/// What the finish event tells a client of its token budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FinishBudget {
+    pub tokens_remaining: u64,
 }
 
 impl Finish {
@@ -56,6 +68,8 @@ impl Finish {
             usage,
             model: None,
             upstream: None,
+            limited_by: None,
+            budget: None,
         }
     }
 }
@@ -104,6 +118,16 @@ fn chat<'a>(
             ]
         })
         .chain(std::iter::once(("user", question)))
+}
+
+/// The characters of the prompt a question sends: the system prompt, the earlier turns sent and
+/// the question, for the token estimate (characters / 4) that admission reserves by.
+pub fn prompt_chars(system_prompt: &str, history: &[Turn], question: &str) -> usize {
+    let turns: usize = history
+        .iter()
+        .map(|turn| turn.question.chars().count() + turn.answer.chars().count())
+        .sum();
+    system_prompt.chars().count() + turns + question.chars().count()
 }
 
 /// A provider's answer as it arrives. Dropping it cancels the upstream call.
@@ -177,19 +201,25 @@ impl Model {
     }
 
     /// Starts answering `question` after the conversation's earlier turns, trying as hard as
-    /// `attempts` says; `request_id` goes upstream as `X-Request-Id`. Nothing is sent upstream
-    /// until the stream is first polled.
+    /// `attempts` says; `request_id` goes upstream as `X-Request-Id`; `max_tokens` lowers
+    /// LLM_MAX_TOKENS for this answer (a low token budget). Nothing is sent upstream until the
+    /// stream is first polled.
     pub fn stream(
         &self,
         question: &str,
         history: &[Turn],
         request_id: &str,
         attempts: Attempts,
+        max_tokens: Option<u32>,
     ) -> EventStream {
         match self {
             Self::Demo(demo) => demo.stream(question, history.len()),
-            Self::OpenAi(openai) => openai.stream(question, history, request_id, attempts),
-            Self::Anthropic(anthropic) => anthropic.stream(question, history, request_id, attempts),
+            Self::OpenAi(openai) => {
+                openai.stream(question, history, request_id, attempts, max_tokens)
+            }
+            Self::Anthropic(anthropic) => {
+                anthropic.stream(question, history, request_id, attempts, max_tokens)
+            }
         }
     }
 
@@ -234,8 +264,15 @@ impl Provider {
     }
 
     /// Starts answering `question` after the conversation's earlier turns; `request_id` goes
-    /// upstream as `X-Request-Id`. Nothing is sent upstream until the stream is first polled.
-    pub fn stream(&self, question: &str, history: &[Turn], request_id: &str) -> EventStream {
+    /// upstream as `X-Request-Id`; `max_tokens` lowers LLM_MAX_TOKENS for this answer. Nothing is
+    /// sent upstream until the stream is first polled.
+    pub fn stream(
+        &self,
+        question: &str,
+        history: &[Turn],
+        request_id: &str,
+        max_tokens: Option<u32>,
+    ) -> EventStream {
         let attempts = Attempts {
             retries: self.retries,
             // Taken now, a moment before the handler starts the same budget's clock: never later
@@ -243,10 +280,15 @@ impl Provider {
             deadline: Instant::now() + self.budget,
         };
         match &self.fallback {
-            None => self.primary.stream(question, history, request_id, attempts),
-            Some(fallback) => {
-                fallback.stream(&self.primary, question, history, request_id, attempts)
-            }
+            None => self
+                .primary
+                .stream(question, history, request_id, attempts, max_tokens),
+            Some(fallback) => fallback.stream(
+                &self.primary,
+                (question, history, request_id),
+                attempts,
+                max_tokens,
+            ),
         }
     }
 

@@ -139,6 +139,7 @@ impl OpenAi {
         history: &[Turn],
         request_id: &str,
         attempts: Attempts,
+        max_tokens: Option<u32>,
     ) -> EventStream {
         let endpoint = &self.endpoint;
         let request = endpoint
@@ -150,7 +151,7 @@ impl OpenAi {
                     .chain(super::chat(history, question))
                     .map(|(role, content)| Message { role, content })
                     .collect(),
-                max_tokens: endpoint.max_tokens,
+                max_tokens: max_tokens.unwrap_or(endpoint.max_tokens),
                 temperature: endpoint.temperature,
                 stream: true,
                 stream_options: StreamOptions {

@@ -78,7 +78,13 @@ async fn spend_address_rate(request: &ServiceRequest) -> Option<Refusal> {
     let store = request.app_data::<web::Data<Store>>()?;
     let config = request.app_data::<web::Data<Config>>()?;
     let address = Client::anonymous(ClientId::of(request.request(), config));
-    match store.admit(address.id, address.plan(config)).await {
+    // No tokens asked: a refused token spends a question of the rate, none of any token budget.
+    let nothing = crate::store::Ask {
+        prompt: 0,
+        answer: 0,
+        min_answer: 0,
+    };
+    match store.admit(address.id, address.plan(config), nothing).await {
         Ok(_spent) => None,
         Err(refused) => {
             matches!(refused.refusal, Refusal::RateLimited { .. }).then_some(refused.refusal)

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     client::Client,
     config::Config,
-    store::{LimitsView, Store},
+    store::{Budget, Budgets, LimitsView, Store},
 };
 
 #[derive(Serialize)]
@@ -32,12 +32,23 @@ pub async fn limits(
     config: web::Data<Config>,
 ) -> HttpResponse {
     let client = Client::of(&request, &config);
-    let limits = store.view(client.id, client.plan(&config), &config).await;
+    let plan = client.plan(&config);
+    let limits = store.view(client.id, plan, &config).await;
+    let budgets = Budgets {
+        rate: (limits.limit > 0).then_some(Budget {
+            limit: limits.limit,
+            remaining: limits.remaining,
+            reset_secs: limits.reset_secs,
+        }),
+        tokens: limits.tokens,
+    };
     let client = match client.sub() {
         Some(sub) => Who::User { sub },
         None => Who::Anonymous,
     };
-    HttpResponse::Ok()
+    let mut response = HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
-        .json(View { limits, client })
+        .json(View { limits, client });
+    super::stream::insert_headers(response.headers_mut(), budgets, plan.per_minute);
+    response
 }

@@ -19,10 +19,10 @@ use crate::{
     client::Client,
     config::Config,
     error::Refusal,
-    llm::{Provider, window},
+    llm::{Provider, prompt_chars, window},
     request_id::RequestId,
     sse::parse_event_id,
-    store::{Budget, Conversation, Store},
+    store::{Ask, Budgets, Conversation, Store, tokens::estimate},
     telemetry::StreamReport,
 };
 
@@ -77,25 +77,36 @@ pub async fn stream(
             return Err(Refusal::ConversationBusy).inspect_err(crate::metrics::refused);
         }
     };
-    let admitted = match store.admit(client.id, client.plan(&config)).await {
+    let history = window(&history, &question, config.conversation_max_chars as usize);
+    // The most this answer can cost: its prompt as sent (estimated), and the longest answer.
+    let ask = Ask {
+        prompt: estimate(prompt_chars(&config.llm_system_prompt, history, &question)),
+        answer: config.llm_max_tokens,
+        min_answer: config.token_budget_min_answer,
+    };
+    let admitted = match store.admit(client.id, client.plan(&config), ask).await {
         Ok(admitted) => admitted,
         Err(refused) => {
             store
                 .end_turn(&conversation, client.owner(), &stream_id, None)
                 .await;
-            request.extensions_mut().insert(Decided(refused.budget));
+            request.extensions_mut().insert(Decided(refused.budgets));
             return Err(refused.refusal);
         }
     };
-    request.extensions_mut().insert(Decided(admitted.budget));
+    request.extensions_mut().insert(Decided(admitted.budgets));
 
     let report = StreamReport::new(
         stream_id.clone(),
         client.log_name(),
         question.chars().count(),
     );
-    let history = window(&history, &question, config.conversation_max_chars as usize);
-    let events = provider.stream(&question, history, RequestId::of(&request).as_str());
+    let events = provider.stream(
+        &question,
+        history,
+        RequestId::of(&request).as_str(),
+        admitted.max_tokens,
+    );
     let reader = answers.start(
         stream_id,
         question,
@@ -175,12 +186,12 @@ fn validate(question: Option<String>, max_chars: usize) -> Result<String, Refusa
     Ok(question)
 }
 
-/// The budget a handler decided on, for [`rate_limit_headers`] to show.
+/// The budgets a handler decided on, for [`rate_limit_headers`] to show.
 #[derive(Clone, Copy)]
-struct Decided(Option<Budget>);
+struct Decided(Budgets);
 
-/// Middleware around `/api/stream`: adds the `RateLimit-*` headers to every answer, with the budget
-/// the handler's admission left, or the client's budget now when it decided none (a resume, a
+/// Middleware around `/api/stream`: adds the rate-limit headers to every answer, with the budgets
+/// the handler's admission left, or the client's budgets now when it decided none (a resume, a
 /// question refused for its form).
 pub async fn rate_limit_headers(
     request: ServiceRequest,
@@ -188,19 +199,34 @@ pub async fn rate_limit_headers(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let store = request.app_data::<web::Data<Store>>().cloned();
     let config = request.app_data::<web::Data<Config>>().cloned();
-    let client = config.map(|config| {
-        let client = Client::of(request.request(), &config);
-        (client.id, client.plan(&config))
+    let client = config.as_ref().map(|config| {
+        let client = Client::of(request.request(), config);
+        (client.id, client.plan(config))
     });
     let mut response = next.call(request).await?.map_into_boxed_body();
     let decided = response.request().extensions().get::<Decided>().copied();
-    let budget = match (decided, store, client) {
-        (Some(Decided(budget)), _, _) => budget,
-        (None, Some(store), Some((client, plan))) => store.budget(client, plan).await,
-        _ => None,
+    let budgets = match (decided, store, client) {
+        (Some(Decided(budgets)), _, _) => budgets,
+        (None, Some(store), Some((client, plan))) => store.budgets(client, plan).await,
+        _ => Budgets::default(),
     };
-    if let Some(budget) = budget {
-        let headers = response.headers_mut();
+    let per_minute = client.map_or(0, |(_, plan)| plan.per_minute);
+    insert_headers(response.headers_mut(), budgets, per_minute);
+    Ok(response)
+}
+
+/// `RateLimit-Limit`/`-Remaining`/`-Reset` for the question rate (as existing clients read them),
+/// and the IETF draft's `RateLimit-Policy` and `RateLimit` lists with one member per policy
+/// (`requests`, `tokens`). The requests' window is the time its whole burst takes to come back at
+/// `per_minute`.
+pub fn insert_headers(
+    headers: &mut actix_web::http::header::HeaderMap,
+    budgets: Budgets,
+    per_minute: u32,
+) {
+    let mut policies = Vec::new();
+    let mut states = Vec::new();
+    if let Some(budget) = budgets.rate {
         for (name, value) in [
             ("ratelimit-limit", u64::from(budget.limit)),
             ("ratelimit-remaining", u64::from(budget.remaining)),
@@ -208,6 +234,28 @@ pub async fn rate_limit_headers(
         ] {
             headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
         }
+        let window = (u64::from(budget.limit) * 60).div_ceil(u64::from(per_minute.max(1)));
+        policies.push(format!("\"requests\";q={};w={window}", budget.limit));
+        states.push(format!(
+            "\"requests\";r={};t={}",
+            budget.remaining, budget.reset_secs
+        ));
     }
-    Ok(response)
+    if let Some(tokens) = budgets.tokens {
+        policies.push(format!(
+            "\"tokens\";q={};w={}",
+            tokens.limit, tokens.window_secs
+        ));
+        states.push(format!(
+            "\"tokens\";r={};t={}",
+            tokens.remaining, tokens.reset_secs
+        ));
+    }
+    for (name, members) in [("ratelimit-policy", policies), ("ratelimit", states)] {
+        if let Ok(value) = HeaderValue::from_str(&members.join(", "))
+            && !members.is_empty()
+        {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
 }

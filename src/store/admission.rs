@@ -22,10 +22,27 @@ impl Budget {
     }
 }
 
-/// A stream refused, and the client's budget (nothing was spent).
+/// A client's token budget at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenBudget {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the budget is full again.
+    pub reset_secs: u64,
+    pub window_secs: u64,
+}
+
+/// Every budget a client is shown: the question rate, and the tokens (each when it applies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budgets {
+    pub rate: Option<Budget>,
+    pub tokens: Option<TokenBudget>,
+}
+
+/// A stream refused, and the client's budgets (nothing was spent).
 pub struct Refused {
     pub refusal: Refusal,
-    pub budget: Option<Budget>,
+    pub budgets: Budgets,
 }
 
 /// What `/api/limits` tells a client about itself.
@@ -37,4 +54,7 @@ pub struct LimitsView {
     pub streams_open: u32,
     pub max_streams_per_client: u32,
     pub max_query_chars: u32,
+    /// The client's token budget, when one applies.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tokens: Option<TokenBudget>,
 }

@@ -19,7 +19,10 @@ use governor::{
     },
 };
 
-use super::admission::{Budget, LimitsView};
+use super::{
+    admission::{Budget, Budgets, LimitsView},
+    tokens::{Ask, Bucket, Decision, LocalReservation, LocalTokens, Reservation},
+};
 use crate::{
     client::{ClientId, Plan},
     config::Config,
@@ -160,12 +163,17 @@ pub struct Limits {
     plan_rates: Mutex<HashMap<(u32, u32), PlanRate>>,
     open: Arc<Mutex<Open>>,
     max_streams: u32,
+    tokens: LocalTokens,
+    /// GLOBAL_TOKEN_BUDGET, when set.
+    global: Option<Bucket>,
 }
 
 /// An open stream's place: released when dropped, however the stream ends.
 pub struct StreamSlot {
     client: ClientId,
     open: Arc<Mutex<Open>>,
+    /// Its token reservation, when a budget applies: settled by the slot's owner, or left spent.
+    pub tokens: Option<LocalReservation>,
 }
 
 impl Drop for StreamSlot {
@@ -192,7 +200,17 @@ impl Limits {
             plan_rates: Mutex::default(),
             open: Arc::default(),
             max_streams: config.max_streams,
+            tokens: LocalTokens::default(),
+            global: Bucket::new(
+                config.global_token_budget,
+                config.global_token_budget_window,
+            ),
         }
+    }
+
+    /// The global bucket (GLOBAL_TOKEN_BUDGET), the same for every instance's settings.
+    pub fn global_bucket(&self) -> Option<Bucket> {
+        self.global
     }
 
     /// Runs `f` with the rate limiter of `plan`'s rate (none: no rate limit).
@@ -221,47 +239,120 @@ impl Limits {
             .collect()
     }
 
-    /// Spends one question of the client's rate and takes a stream slot, or refuses and spends
-    /// nothing: a question refused for its open streams keeps its rate budget.
+    /// Spends one question of the client's rate, reserves the most its answer can cost of the
+    /// token budgets and takes a stream slot, or refuses and spends nothing of any of them; the
+    /// answer's `max_tokens` lowered to fit, when the budget runs low.
     pub fn admit(
         &self,
         client: ClientId,
         plan: Plan,
-    ) -> Result<(StreamSlot, Option<Budget>), (Refusal, Option<Budget>)> {
+        ask: Ask,
+    ) -> Result<(StreamSlot, Budgets, Option<u32>), (Refusal, Budgets)> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot_refusal = if open.total >= self.max_streams {
-            Some(Refusal::AtCapacity)
-        } else if open.per_client.get(&client).copied().unwrap_or(0) >= plan.max_streams {
-            Some(Refusal::TooManyStreams(plan.max_streams))
-        } else {
-            None
-        };
-        let budget = self.with_rate(plan, |rate| {
-            let Some(rate) = rate else {
-                return Ok(None);
-            };
-            // Spend only for a stream that will start, but report the rate first when both refuse.
-            let empty = rate.peek(client).remaining == 0;
-            Ok(Some(if slot_refusal.is_none() || empty {
-                rate.check(client)
-                    .map_err(|wait| rate_limited(rate, wait))?
-            } else {
-                rate.peek(client)
-            }))
-        })?;
-        if let Some(refusal) = slot_refusal {
+        let bucket = plan_bucket(plan);
+        let tokens_now = bucket.map(|b| self.tokens.view(client, b));
+        let refused = |refusal: Refusal, rate: Option<Budget>| {
             crate::metrics::refused(&refusal);
-            return Err((refusal, budget));
+            Err((
+                refusal,
+                Budgets {
+                    rate,
+                    tokens: tokens_now,
+                },
+            ))
+        };
+        // The rate first: a question refused for it hears of the rate, whatever else refuses. An
+        // empty budget is checked (which spends nothing when it refuses) for its wait.
+        let mut spent = None;
+        let rate_now = self.with_rate(plan, |rate| {
+            let rate = rate?;
+            let peek = rate.peek(client);
+            if peek.remaining > 0 {
+                return Some(Ok(peek));
+            }
+            Some(match rate.check(client) {
+                Ok(budget) => {
+                    spent = Some(budget);
+                    Ok(budget)
+                }
+                Err(wait) => Err((wait, rate.budget(0).waiting(wait))),
+            })
+        });
+        let rate_now = match rate_now {
+            Some(Err((wait, budget))) => {
+                return refused(Refusal::RateLimited { retry_after: wait }, Some(budget));
+            }
+            Some(Ok(budget)) => Some(budget),
+            None => None,
+        };
+        let decision = (bucket.is_some() || self.global.is_some())
+            .then(|| self.tokens.decide(client, ask, (bucket, self.global)));
+        let (reserve, cap) = match decision {
+            Some(Decision::Exhausted { wait_ms, global }) => {
+                let retry_after = Duration::from_millis(wait_ms);
+                return refused(
+                    if global {
+                        Refusal::ServiceBudgetExhausted { retry_after }
+                    } else {
+                        Refusal::TokenBudgetExhausted { retry_after }
+                    },
+                    rate_now,
+                );
+            }
+            Some(Decision::Reserve { tokens, cap }) => (Some(tokens), cap),
+            None => (None, None),
+        };
+        if open.total >= self.max_streams {
+            return refused(Refusal::AtCapacity, rate_now);
         }
+        if open.per_client.get(&client).copied().unwrap_or(0) >= plan.max_streams {
+            return refused(Refusal::TooManyStreams(plan.max_streams), rate_now);
+        }
+        let rate = match spent {
+            Some(budget) => Some(budget),
+            None => match self.with_rate(plan, |rate| {
+                rate.map(|rate| (rate.check(client), rate.budget(0)))
+            }) {
+                Some((Err(wait), empty)) => {
+                    return refused(
+                        Refusal::RateLimited { retry_after: wait },
+                        Some(empty.waiting(wait)),
+                    );
+                }
+                Some((Ok(budget), _)) => Some(budget),
+                None => None,
+            },
+        };
+        let tokens = reserve.map(|tokens| {
+            self.tokens.reserve(
+                client,
+                Reservation {
+                    tokens,
+                    client: bucket,
+                    global: self.global,
+                },
+            )
+        });
+        let budgets = Budgets {
+            rate,
+            tokens: bucket.map(|b| self.tokens.view(client, b)),
+        };
         *open.per_client.entry(client).or_default() += 1;
         open.total += 1;
         Ok((
             StreamSlot {
                 client,
                 open: Arc::clone(&self.open),
+                tokens,
             },
-            budget,
+            budgets,
+            cap,
         ))
+    }
+
+    /// The client's token budget now, spending nothing; `None` without one.
+    pub fn tokens(&self, client: ClientId, plan: Plan) -> Option<super::admission::TokenBudget> {
+        plan_bucket(plan).map(|b| self.tokens.view(client, b))
     }
 
     /// The client's budget now, spending nothing; `None` without a rate limit.
@@ -286,11 +377,13 @@ impl Limits {
             streams_open,
             max_streams_per_client: plan.max_streams,
             max_query_chars: config.max_query_chars,
+            tokens: self.tokens(client, plan),
         }
     }
 
     /// Forgets clients whose budget is full again; returns how many are still remembered.
     pub fn forget_idle_clients(&self) -> usize {
+        self.tokens.forget_full();
         let forget = |rate: &Rate| {
             rate.limiter.retain_recent();
             rate.limiter.shrink_to_fit();
@@ -317,11 +410,9 @@ impl Limits {
     }
 }
 
-/// A refusal for the rate, with the budget it leaves (none, until the wait is over).
-fn rate_limited(rate: &Rate, wait: Duration) -> (Refusal, Option<Budget>) {
-    let refusal = Refusal::RateLimited { retry_after: wait };
-    crate::metrics::refused(&refusal);
-    (refusal, Some(rate.budget(0).waiting(wait)))
+/// A plan's token bucket; `None` when it has no budget.
+pub fn plan_bucket(plan: Plan) -> Option<Bucket> {
+    Bucket::new(plan.tokens, plan.tokens_window)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod local;
 pub mod log;
 mod redis;
 mod scripts;
+pub mod tokens;
 
 use std::{
     sync::{
@@ -24,11 +25,12 @@ use crate::{
     config::Config,
     llm::Turn,
 };
-pub use admission::{Budget, LimitsView, Refused};
+pub use admission::{Budget, Budgets, LimitsView, Refused, TokenBudget};
 use conversations::{Begun, Conversations};
 use local::{Limits, StreamSlot};
 pub use redis::Follow;
 use redis::{Lease, Redis};
+pub use tokens::{Ask, Cost};
 
 /// A signal from one instance to the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +49,10 @@ pub struct Slot {
     _local: Option<StreamSlot>,
     _lease: Option<Lease>,
     _open: OpenHere,
+    /// The prompt's estimate it was admitted with, for a cost without usage.
+    prompt: u64,
+    /// Whether the answer's `max_tokens` was lowered to fit the token budget.
+    capped: bool,
 }
 
 /// One stream open on this instance, whatever kind of slot it holds.
@@ -65,10 +71,49 @@ impl Drop for OpenHere {
     }
 }
 
-/// A stream admitted: its slot, and the client's budget after it (for the `RateLimit-*` headers).
+impl Slot {
+    /// The prompt's estimate (characters / 4) it was admitted with.
+    pub fn prompt_estimate(&self) -> u64 {
+        self.prompt
+    }
+
+    /// Whether the answer's `max_tokens` was lowered to fit the token budget.
+    pub fn capped(&self) -> bool {
+        self.capped
+    }
+
+    /// Frees the slot and replaces its token reservation by what the answer cost, so that the
+    /// rest returns to the budget at once; the client's token budget after it, when one applies.
+    /// A slot dropped without settling frees its place and leaves its reservation spent.
+    pub async fn settle(self, cost: &Cost) -> Option<TokenBudget> {
+        let Self {
+            _local: local,
+            _lease: lease,
+            _open: open,
+            ..
+        } = self;
+        // Settled here: either in this process (admitted while Redis was away) or in Redis.
+        let mut budget = None;
+        if let Some(mut local) = local {
+            if let Some(held) = local.tokens.take() {
+                budget = held.settle(cost.total());
+            }
+            drop(local);
+        }
+        if let Some(lease) = lease {
+            budget = lease.settle(cost.total()).await.or(budget);
+        }
+        drop(open);
+        budget
+    }
+}
+
+/// A stream admitted: its slot, the client's budgets after it (for the `RateLimit-*` headers),
+/// and the answer's `max_tokens` lowered to what its token budget holds, when it is low.
 pub struct Admitted {
     pub slot: Slot,
-    pub budget: Option<Budget>,
+    pub budgets: Budgets,
+    pub max_tokens: Option<u32>,
 }
 
 /// Where a question stands in its conversation.
@@ -128,35 +173,44 @@ impl Store {
         self.redis.clone().map(Redis::upkeep)
     }
 
-    /// Spends one question of the client's rate and takes a stream slot, by its plan, or refuses
-    /// and spends nothing.
-    pub async fn admit(&self, client: ClientId, plan: Plan) -> Result<Admitted, Refused> {
+    /// Spends one question of the client's rate, reserves the most its answer can cost of the
+    /// token budgets and takes a stream slot, by its plan, or refuses and spends nothing.
+    pub async fn admit(&self, client: ClientId, plan: Plan, ask: Ask) -> Result<Admitted, Refused> {
         if let Some(redis) = &self.redis
-            && let Some(admission) = redis.admit(client, plan).await
+            && let Some(admission) = redis.admit(client, plan, ask).await
         {
-            return admission.map(|(lease, budget)| Admitted {
-                slot: self.slot(None, Some(lease)),
-                budget,
+            return admission.map(|(lease, budgets, max_tokens)| Admitted {
+                slot: self.slot(None, Some(lease), (ask.prompt, max_tokens.is_some())),
+                budgets,
+                max_tokens,
             });
         }
-        let (local, budget) = self
+        let (local, budgets, max_tokens) = self
             .limits
-            .admit(client, plan)
-            .map_err(|(refusal, budget)| Refused { refusal, budget })?;
+            .admit(client, plan, ask)
+            .map_err(|(refusal, budgets)| Refused { refusal, budgets })?;
         // Taken while Redis is away: leased there as soon as it is back, so that the shared caps
         // count this stream again at once.
         let lease = self.redis.as_ref().map(|redis| redis.pending_lease(client));
         Ok(Admitted {
-            slot: self.slot(Some(local), lease),
-            budget,
+            slot: self.slot(Some(local), lease, (ask.prompt, max_tokens.is_some())),
+            budgets,
+            max_tokens,
         })
     }
 
-    fn slot(&self, local: Option<StreamSlot>, lease: Option<Lease>) -> Slot {
+    fn slot(
+        &self,
+        local: Option<StreamSlot>,
+        lease: Option<Lease>,
+        (prompt, capped): (u64, bool),
+    ) -> Slot {
         Slot {
             _local: local,
             _lease: lease,
             _open: OpenHere::new(&self.open_here),
+            prompt,
+            capped,
         }
     }
 
@@ -170,27 +224,31 @@ impl Store {
         &self.limits
     }
 
-    /// The client's budget now, spending nothing.
-    pub async fn budget(&self, client: ClientId, plan: Plan) -> Option<Budget> {
+    /// The client's budgets now, spending nothing.
+    pub async fn budgets(&self, client: ClientId, plan: Plan) -> Budgets {
         if let Some(redis) = &self.redis
-            && let Some((budget, _)) = redis.peek(client, plan).await
+            && let Some((budgets, _)) = redis.peek(client, plan).await
         {
-            return budget;
+            return budgets;
         }
-        self.limits.budget(client, plan)
+        Budgets {
+            rate: self.limits.budget(client, plan),
+            tokens: self.limits.tokens(client, plan),
+        }
     }
 
     /// What `/api/limits` tells a client about itself.
     pub async fn view(&self, client: ClientId, plan: Plan, config: &Config) -> LimitsView {
         let mut view = self.limits.view(client, plan, config);
         if let Some(redis) = &self.redis
-            && let Some((budget, open)) = redis.peek(client, plan).await
+            && let Some((budgets, open)) = redis.peek(client, plan).await
         {
-            if let Some(budget) = budget {
+            if let Some(budget) = budgets.rate {
                 view.limit = budget.limit;
                 view.remaining = budget.remaining;
                 view.reset_secs = budget.reset_secs;
             }
+            view.tokens = budgets.tokens;
             view.streams_open = open;
         }
         view
