@@ -7,6 +7,7 @@
 
 mod auth;
 mod browser;
+mod budgets;
 mod certs;
 mod config;
 mod conversations;
