@@ -1,7 +1,7 @@
 //! llm-stream: stream a language model's answer to the browser, token by token, over Server-Sent Events.
 //!
 //! The path of one request: `startup` wires actix → `fetch_metadata` (did a foreign page send it)
-//! → `routes::auth` (with AUTH_*: who is asking, the token verified by `auth`) → `routes::stream` (`query` held to UTF-8, validate `q`, admit it through the `store`: rate and
+//! → `routes::auth` (with AUTH_*: who is asking, the token verified by `auth`) → `routes::stream` (`query` held to UTF-8, validate `q`, admit it through the `store`: rate, token budget and
 //! stream slot) → `answers` (a producer task per answer owns the upstream call from `llm` and
 //! appends our events to the answer's log; a reader replays and follows that log, here or on
 //! another instance) → `sse` frames → the client.
