@@ -113,7 +113,10 @@ impl Chat {
         span.set_attribute(KeyValue::new(
             "gen_ai.response.finish_reasons",
             opentelemetry::Value::Array(
-                vec![opentelemetry::StringValue::from(finish.finish_reason.clone())].into(),
+                vec![opentelemetry::StringValue::from(
+                    finish.finish_reason.clone(),
+                )]
+                .into(),
             ),
         ));
         if let Some(usage) = finish.usage {

@@ -23,3 +23,4 @@ mod redis;
 mod resume;
 mod stores;
 mod stream;
+mod traces;
