@@ -359,3 +359,114 @@ async fn a_hanging_collector_delays_no_answer_and_its_dropped_spans_are_counted(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The resume span, which links to the chat span of the answer it resumes.
+fn assert_resume_linked(spans: &[Span], stream: &str) {
+    let chat = named(spans, "chat gpt-4o-mini");
+    let resume = named(spans, "resume");
+    assert_eq!(text(resume, "llm_stream.stream_id"), Some(stream));
+    assert_eq!(resume.links.len(), 1, "{resume:#?}");
+    assert_eq!(resume.links[0].trace_id, chat.trace_id);
+    assert_eq!(resume.links[0].span_id, chat.span_id);
+    assert_ne!(
+        resume.trace_id, chat.trace_id,
+        "a resume is a request of its own"
+    );
+}
+
+/// Asks `url` with `Last-Event-ID: last` until the rest comes (another instance may not have
+/// read the answer's copy in Redis yet).
+async fn resumed(url: String, last: &str) -> crate::helpers::Answer {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rest = crate::helpers::SseReader::get(url.clone(), &[("Last-Event-ID", last)])
+            .await
+            .read_to_end()
+            .await;
+        if rest.status == 200 {
+            return rest;
+        }
+        assert!(Instant::now() < until, "never resumed: {}", rest.status);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_resume_is_a_span_linked_to_the_answer_it_resumes() {
+    let collector = Collector::start(false).await;
+    let app = traced_app(&collector, |_| {}).await;
+    let answer = app.stream("Say hello").await;
+    let first = answer.events[0].id.clone().unwrap();
+
+    let rest = resumed(app.stream_url("Say hello"), &first).await;
+    assert_eq!(rest.text(), "lo");
+
+    let spans = collector
+        .wait_for("the resume's span", |spans| {
+            answered(spans) && spans.iter().any(|span| span.name == "resume")
+        })
+        .await;
+    assert_resume_linked(&spans, &answer.stream_id());
+}
+
+#[tokio::test]
+async fn a_resume_on_another_instance_is_linked_to_the_answer_through_redis() {
+    let collector = Collector::start(false).await;
+    let url: reqwest::Url = collector.url.parse().unwrap();
+    let pair = crate::redis::harness::pair(|config| {
+        config.otel_exporter_otlp_endpoint = Some(url.clone());
+        config.otel_bsp_schedule_delay = Duration::from_millis(20);
+        config.llm_model = Some("gpt-4o-mini".into());
+    })
+    .await;
+    pair.mock.always(Reply::sse(vec![
+        openai::token("Hel"),
+        openai::token("lo"),
+        openai::finish("stop"),
+        openai::usage(7, 2),
+        openai::done(),
+    ]));
+    let answer = pair.a.stream("Say hello").await;
+    let first = answer.events[0].id.clone().unwrap();
+
+    let rest = resumed(pair.b.stream_url("Say hello"), &first).await;
+    assert_eq!(rest.text(), "lo");
+
+    let spans = collector
+        .wait_for("the resume's span", |spans| {
+            answered(spans) && spans.iter().any(|span| span.name == "resume")
+        })
+        .await;
+    assert_resume_linked(&spans, &answer.stream_id());
+}
+
+#[tokio::test]
+async fn a_collector_refusing_connections_delays_no_answer_and_its_lost_spans_are_counted() {
+    let refusing = crate::mock_upstream::refusing_url();
+    let app = spawn_app_with(|config| {
+        config.otel_exporter_otlp_endpoint = Some(refusing.parse().unwrap());
+        config.otel_bsp_schedule_delay = Duration::from_millis(20);
+    })
+    .await;
+    app.mock
+        .always(Reply::sse(openai::answer(&["ok"], Duration::ZERO)));
+
+    let started = Instant::now();
+    assert_eq!(app.stream("Say hello").await.text(), "ok");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        if metrics.lines().any(|line| {
+            line.starts_with("llm_stream_trace_spans_dropped_total{reason=\"export_failed\"}")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < until, "no lost spans counted: {metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
