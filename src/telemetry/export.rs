@@ -89,11 +89,11 @@ impl Exporting {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(mut task) = task {
-            if tokio::time::timeout(within, &mut task).await.is_err() {
-                task.abort();
-                tracing::warn!("traces: the last export did not finish in time");
-            }
+        if let Some(mut task) = task
+            && tokio::time::timeout(within, &mut task).await.is_err()
+        {
+            task.abort();
+            tracing::warn!("traces: the last export did not finish in time");
         }
     }
 }

@@ -199,10 +199,10 @@ pub async fn server_span(
         KeyValue::new("url.path", request.path().to_owned()),
         KeyValue::new("url.scheme", request.connection_info().scheme().to_owned()),
     ];
-    if let Some(config) = request.app_data::<web::Data<Config>>() {
-        if let ClientId::Address(address) = ClientId::of(request.request(), config) {
-            attributes.push(KeyValue::new("client.address", address.to_string()));
-        }
+    if let Some(config) = request.app_data::<web::Data<Config>>()
+        && let ClientId::Address(address) = ClientId::of(request.request(), config)
+    {
+        attributes.push(KeyValue::new("client.address", address.to_string()));
     }
     let span = on
         .tracer
