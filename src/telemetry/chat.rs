@@ -187,3 +187,15 @@ fn bounded(text: &str) -> &str {
         None => text,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(CONTENT_MAX_CHARS + 5);
+        assert_eq!(bounded(&long).chars().count(), CONTENT_MAX_CHARS);
+        assert_eq!(bounded("short"), "short");
+    }
+}
