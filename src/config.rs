@@ -253,7 +253,7 @@ pub struct Config {
     pub otel_exporter_otlp_traces_endpoint: Option<Url>,
 
     /// Record the question and the answer's text on the chat span (bounded); off, no text leaves the process.
-    #[arg(long, env = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", value_name = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", default_value_t = false, action = clap::ArgAction::Set)]
     pub otel_capture_message_content: bool,
 
     /// Finished spans waiting for export at most; more are dropped and counted.
