@@ -263,6 +263,30 @@ pub struct Config {
     /// Where the page sends a person who is not signed in.
     #[arg(long, env = "AUTH_LOGIN_URL", value_parser = parse_http_url)]
     pub auth_login_url: Option<Url>,
+
+    /// Export traces over OTLP/HTTP to this collector (`/v1/traces` is added); no traces when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = parse_http_url)]
+    pub otel_exporter_otlp_endpoint: Option<Url>,
+
+    /// The collector's full URL for traces, as is (wins over OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_parser = parse_http_url)]
+    pub otel_exporter_otlp_traces_endpoint: Option<Url>,
+
+    /// Record the question and the answer's text on the chat span (bounded); off, no text leaves the process.
+    #[arg(long, env = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", value_name = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub otel_capture_message_content: bool,
+
+    /// Finished spans waiting for export at most; more are dropped and counted.
+    #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub otel_bsp_max_queue_size: u32,
+
+    /// Milliseconds between two exports of the waiting spans.
+    #[arg(long = "otel-bsp-schedule-delay", env = "OTEL_BSP_SCHEDULE_DELAY", value_name = "OTEL_BSP_SCHEDULE_DELAY", default_value = "5000", value_parser = millis(1, 600_000))]
+    pub otel_bsp_schedule_delay: Duration,
+
+    /// Most spans in one export.
+    #[arg(long, env = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub otel_bsp_max_export_batch_size: u32,
 }
 
 /// Why start-up stopped before the server ran.
@@ -480,6 +504,16 @@ impl Config {
     /// Whether tokens are verified: a secret or a key set is configured.
     pub fn auth_enabled(&self) -> bool {
         self.auth_jwt_secret.is_some() || self.auth_jwks_url.is_some()
+    }
+
+    /// Where traces are sent, when OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (as is) or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT (with `v1/traces` under it) names a collector; no traces otherwise.
+    pub fn otlp_traces_endpoint(&self) -> Option<String> {
+        if let Some(url) = &self.otel_exporter_otlp_traces_endpoint {
+            return Some(url.to_string());
+        }
+        let base = self.otel_exporter_otlp_endpoint.as_ref()?;
+        Some(format!("{}/v1/traces", base.as_str().trim_end_matches('/')))
     }
 
     /// Whether a request without a token is served, anonymously by address.

@@ -12,9 +12,9 @@
 //! | floor | modules | what |
 //! |---|---|---|
 //! | 1 | `config`, `error`, `id` | settings; refusals and in-band codes; random ids and their one shape |
-//! | 2 | `metrics`, `client` | what `/metrics` shows; who the client is |
-//! | 3 | `telemetry`, `request_id`, `query`, `fetch_metadata`, `llm`, `auth` | logs and the per-stream line; request ids; UTF-8 queries; resource isolation; the upstream providers; signed identities (JWT, JWKS) |
-//! | 4 | `store` | what instances share: admission (`local` in this process, or Redis), answer logs, signals, conversations |
+//! | 2 | `metrics`, `client`, `otel` | what `/metrics` shows; who the client is; the trace context the upstream calls run in, and each attempt's span |
+//! | 3 | `request_id`, `query`, `fetch_metadata`, `llm`, `auth` | request ids; UTF-8 queries; resource isolation; the upstream providers; signed identities (JWT, JWKS) |
+//! | 4 | `store`, `telemetry` | what instances share: admission (`local` in this process, or Redis), answer logs, signals, conversations; logs, the per-stream line, and traces over OTLP (server, chat and resume spans) |
 //! | 5 | `sse` | our events as the data lines an answer's log keeps, and SSE frames |
 //! | 6 | `answers` | producers and readers of durable answers |
 //! | 7 | `routes` | one file per endpoint |
@@ -29,6 +29,7 @@ pub mod fetch_metadata;
 pub mod id;
 pub mod llm;
 pub mod metrics;
+pub mod otel;
 pub mod query;
 pub mod request_id;
 pub mod routes;

@@ -49,6 +49,9 @@ pub const STORE_BYTES: &str = "llm_stream_resume_store_bytes";
 pub const REDIS_UP: &str = "llm_stream_redis_up";
 /// Time each Redis call took (or until it was given up).
 pub const REDIS_CALL: &str = "llm_stream_redis_call_seconds";
+/// With traces on: finished spans not exported, by `reason`: `queue_full` (the export queue held
+/// OTEL_BSP_MAX_QUEUE_SIZE already) or `export_failed` (the collector refused, failed or timed out).
+pub const SPANS_DROPPED: &str = "llm_stream_trace_spans_dropped_total";
 
 /// Bucket bounds: a first token is expected within a second or two, an answer within a minute.
 const FIRST_TOKEN_BUCKETS: &[f64] = &[
@@ -119,6 +122,10 @@ fn install() -> PrometheusHandle {
     );
     describe_gauge!(REDIS_UP, "1 while Redis is reachable, 0 while not.");
     describe_histogram!(REDIS_CALL, Unit::Seconds, "Time each Redis call took.");
+    describe_counter!(
+        SPANS_DROPPED,
+        "Trace spans dropped instead of exported, by reason (queue_full, export_failed)."
+    );
     handle
 }
 
@@ -185,6 +192,11 @@ pub fn upstream_response<E>(upstream: &'static str, sent: &Result<reqwest::Respo
 /// An upstream's breaker opened or closed.
 pub fn breaker_open(upstream: &'static str, open: bool) {
     gauge!(BREAKER_OPEN, "upstream" => upstream).set(if open { 1.0 } else { 0.0 });
+}
+
+/// `spans` finished spans were dropped, for `reason`.
+pub fn spans_dropped(reason: &'static str, spans: usize) {
+    counter!(SPANS_DROPPED, "reason" => reason).increment(spans as u64);
 }
 
 /// A question went to the fallback, for `reason`.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     answers::Answers, config::Config, error::Refusal, fetch_metadata, llm::Provider, request_id,
-    routes, store::Store,
+    routes, store::Store, telemetry::traces::Traces,
 };
 
 pub struct Application {
@@ -29,7 +29,12 @@ pub struct Application {
     store: Data<Store>,
     /// `/metrics` on its own listener, when METRICS_ADDR asks for one.
     metrics_server: Option<(Server, SocketAddr)>,
+    /// Traces (OTEL_EXPORTER_OTLP_ENDPOINT), flushed at shutdown.
+    traces: Data<Traces>,
 }
+
+/// The longest the last export of traces may hold shutdown up.
+const TRACES_FLUSH: Duration = Duration::from_millis(1500);
 
 /// Extra time actix gives connections after our grace, for the final error frames to be written.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
@@ -54,6 +59,8 @@ impl Application {
         let auth = crate::auth::Auth::new(&config)
             .map_err(io::Error::other)?
             .map(Data::new);
+        let traces = Data::new(Traces::new(&config).map_err(io::Error::other)?);
+        let app_traces = traces.clone();
         let shutdown = CancellationToken::new();
         let (store, mut signals) = Store::new(&config);
         let store = Data::new(store);
@@ -95,6 +102,7 @@ impl Application {
                 .app_data(app_store.clone())
                 .app_data(answers.clone())
                 .app_data(metrics.clone())
+                .app_data(app_traces.clone())
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
                     let refusal = Refusal::InvalidQuery(format!(
                         "The query string could not be read: {error}."
@@ -131,6 +139,8 @@ impl Application {
                         // Outermost: a request made by another site's page is refused before
                         // CORS, the rate limiter or the handler spend anything on it.
                         .wrap(middleware::from_fn(fetch_metadata::resource_isolation))
+                        // With traces on, the server span holds every answer and refusal.
+                        .wrap(middleware::from_fn(crate::telemetry::traces::server_span))
                         .route(web::get().to(routes::stream::stream))
                         // OPTIONS stays with CORS, for preflights.
                         .default_service(
@@ -175,6 +185,7 @@ impl Application {
             grace,
             store,
             metrics_server,
+            traces,
         })
     }
 
@@ -232,7 +243,9 @@ impl Application {
             handle.stop(false).await;
             let _ = server.await;
         }
-        server.await.map_err(io::Error::other)?
+        let served = server.await.map_err(io::Error::other)?;
+        self.traces.shut_down(TRACES_FLUSH).await;
+        served
     }
 }
 

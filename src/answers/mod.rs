@@ -44,6 +44,8 @@ pub struct Answer {
     control: control::Control,
     presence: watch::Sender<Presence>,
     resumed: std::sync::atomic::AtomicU32,
+    /// With traces on: the `traceparent` of its chat span, for a resume's span to link to.
+    traceparent: Option<String>,
 }
 
 /// The settings answers live by.
@@ -84,8 +86,8 @@ pub struct Answers {
 
 /// What a resume finds.
 pub enum Resume<S> {
-    /// The rest of the answer, to send.
-    Rest(S),
+    /// The rest of the answer, to send, and the `traceparent` of the answer's chat span (traces on).
+    Rest(S, Option<String>),
     /// Nothing to send: unknown, expired, another question, or the client saw the end.
     Nothing,
 }
@@ -145,6 +147,7 @@ impl Answers {
             control: control::Control::default(),
             presence,
             resumed: 0.into(),
+            traceparent: report.traceparent(),
         });
         if self.shutdown.is_cancelled() {
             answer.control.shut_down();
@@ -156,7 +159,7 @@ impl Answers {
         self.lock().answers.insert(id, Arc::clone(&answer));
         self.store.mirror(
             &answer.id,
-            &answer.question,
+            (&answer.question, answer.traceparent.as_deref()),
             (client.id, answer.owner),
             Arc::clone(&answer.log),
         );
@@ -194,18 +197,28 @@ impl Answers {
             answer
                 .resumed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Resume::Rest(futures_util::future::Either::Left(reader::local(
-                answer,
-                Some(after),
-                self.clone(),
-            )));
+            let traceparent = answer.traceparent.clone();
+            return Resume::Rest(
+                futures_util::future::Either::Left(reader::local(
+                    answer,
+                    Some(after),
+                    self.clone(),
+                )),
+                traceparent,
+            );
         }
         match self.store.follow(id, after, question, owner).await {
-            Some(follow) => Resume::Rest(futures_util::future::Either::Right(reader::remote(
-                id.to_owned(),
-                follow,
-                self.clone(),
-            ))),
+            Some(follow) => {
+                let traceparent = follow.traceparent.clone();
+                Resume::Rest(
+                    futures_util::future::Either::Right(reader::remote(
+                        id.to_owned(),
+                        follow,
+                        self.clone(),
+                    )),
+                    traceparent,
+                )
+            }
             None => Resume::Nothing,
         }
     }

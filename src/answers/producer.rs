@@ -130,6 +130,7 @@ pub(super) async fn produce(
             }
             Step::Event(Some(Ok(LlmEvent::Finish(mut finish)))) => {
                 report.finish("done");
+                report.finished(&finish);
                 if let Some(upstream) = finish.upstream {
                     report.answered_by(upstream, finish.model.clone());
                 }
@@ -169,6 +170,7 @@ pub(super) async fn produce(
     }
     // The conversation's turn is filed before the last event goes out, so that a client that
     // asks its follow-up the moment it sees the end never finds the conversation busy.
+    report.answer(&text);
     let turn = (!text.is_empty()).then(|| crate::llm::Turn {
         question: answer.question.clone(),
         answer: text,

@@ -110,15 +110,26 @@ impl Upstream {
             retry_after: None,
         };
         let upstream = self.role.name();
-        let response = tokio::time::timeout(self.idle_timeout, request.send())
+        // Built here rather than by `send`, so that the attempt's span can carry `traceparent`.
+        let (client, request) = request.build_split();
+        let mut request = request.map_err(|error| {
+            tracing::warn!(upstream, error = %error.without_url(), "upstream request failed");
+            failed(StreamError::UpstreamUnavailable)
+        })?;
+        let attempt = crate::otel::Attempt::start(&mut request, upstream);
+        let response = tokio::time::timeout(self.idle_timeout, client.execute(request))
             .await
             .inspect(|sent| crate::metrics::upstream_response(upstream, sent))
-            .map_err(|_| failed(StreamError::Timeout))?
-            .map_err(|error| {
-                tracing::warn!(upstream, error = %error.without_url(), "upstream request failed");
-                failed(StreamError::UpstreamUnavailable)
-            })?;
+            .map_err(|_| failed(StreamError::Timeout))
+            .and_then(|sent| {
+                sent.map_err(|error| {
+                    tracing::warn!(upstream, error = %error.without_url(), "upstream request failed");
+                    failed(StreamError::UpstreamUnavailable)
+                })
+            })
+            .inspect_err(|failure| attempt.failed(failure.error.code()))?;
         let status = response.status();
+        attempt.status(status.as_u16());
         if status.is_success() {
             return Ok(response);
         }

@@ -19,11 +19,11 @@ use crate::{
     client::Client,
     config::Config,
     error::Refusal,
-    llm::{Provider, prompt_chars, window},
+    llm::{Provider, Target, prompt_chars, window},
     request_id::RequestId,
     sse::parse_event_id,
     store::{Ask, Budgets, Conversation, Store, tokens::estimate},
-    telemetry::StreamReport,
+    telemetry::{StreamReport, chat::Asked, traces::Traces},
 };
 
 #[derive(Deserialize)]
@@ -42,6 +42,7 @@ pub async fn stream(
     provider: web::Data<Provider>,
     store: web::Data<Store>,
     answers: web::Data<Answers>,
+    traces: web::Data<Traces>,
 ) -> Result<HttpResponse, Refusal> {
     crate::query::require_utf8(&request)?;
     let params = params.into_inner();
@@ -56,7 +57,7 @@ pub async fn stream(
         let question = params.q.unwrap_or_default();
         return Ok(resume(
             &request,
-            &answers,
+            (&answers, &traces),
             &config,
             &client,
             &last_event_id,
@@ -96,17 +97,35 @@ pub async fn stream(
     };
     request.extensions_mut().insert(Decided(admitted.budgets));
 
+    let chat = traces.is_on().then(|| {
+        let target = Target::primary(&config);
+        traces.chat(
+            &request,
+            Asked {
+                target: &target,
+                max_tokens: admitted.max_tokens.unwrap_or(config.llm_max_tokens),
+                temperature: config.llm_temperature,
+                question: &question,
+                history,
+                conversation: &conversation,
+            },
+        )
+    });
     let report = StreamReport::new(
         stream_id.clone(),
         client.log_name(),
         question.chars().count(),
-    );
-    let events = provider.stream(
+    )
+    .traced(chat.flatten());
+    let mut events = provider.stream(
         &question,
         history,
         RequestId::of(&request).as_str(),
         admitted.max_tokens,
     );
+    if let Some(chat) = report.chat() {
+        events = chat.around(events);
+    }
     let reader = answers.start(
         stream_id,
         question,
@@ -124,20 +143,29 @@ pub async fn stream(
 /// Another identity's answer is answered as an unknown one.
 async fn resume(
     request: &HttpRequest,
-    answers: &Answers,
+    (answers, traces): (&Answers, &Traces),
     config: &Config,
     client: &Client,
     last_event_id: &str,
     question: &str,
 ) -> HttpResponse {
-    let found = match parse_event_id(last_event_id) {
-        Some((id, after)) => answers.resume(id, after, question, client.owner()).await,
-        None => Resume::Nothing,
+    let Some((id, after)) = parse_event_id(last_event_id) else {
+        crate::metrics::resumed("refused");
+        return HttpResponse::NoContent().finish();
     };
-    match found {
-        Resume::Rest(reader) => {
+    match answers.resume(id, after, question, client.owner()).await {
+        Resume::Rest(reader, traceparent) => {
             crate::metrics::resumed("resumed");
-            respond(request, config, reader)
+            // With traces on, the resume's span lasts as long as its reader.
+            let span = traces.resume(request, id, after, traceparent.as_deref());
+            respond(
+                request,
+                config,
+                futures_util::StreamExt::map(reader, move |event| {
+                    let _held = &span;
+                    event
+                }),
+            )
         }
         Resume::Nothing => {
             crate::metrics::resumed("refused");

@@ -254,16 +254,17 @@ impl Store {
         view
     }
 
-    /// Copies an answer's log to Redis as it grows, so that other instances can resume it.
+    /// Copies an answer's log to Redis as it grows, so that other instances can resume it (and
+    /// link their resume's span to the answer's `traceparent`, when traced).
     pub fn mirror(
         &self,
         id: &str,
-        question: &str,
+        (question, traceparent): (&str, Option<&str>),
         (client, owner): (ClientId, Owner),
         log: Arc<log::Log>,
     ) {
         if let Some(redis) = &self.redis {
-            redis.mirror(id, question, client, owner, log);
+            redis.mirror(id, (question, traceparent), client, owner, log);
         }
     }
 

@@ -55,6 +55,18 @@ fn a_bad_setting_stops_start_up_with_one_line_that_names_it() {
             vec![("UPSTREAM_BREAKER_OPEN_SECS", "-1")],
             "UPSTREAM_BREAKER_OPEN_SECS",
         ),
+        (
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (
+            vec![("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "yes")],
+            "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
+        ),
+        (
+            vec![("OTEL_BSP_MAX_QUEUE_SIZE", "0")],
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+        ),
     ] {
         let output = exit_of(llm_stream(&env));
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -24,3 +24,4 @@ mod redis;
 mod resume;
 mod stores;
 mod stream;
+mod traces;

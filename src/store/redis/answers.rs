@@ -5,7 +5,8 @@
 //! own); when the alive key lapses before the last event, the producer died.
 //!
 //! Keys, each with the answer's retention once it ends: `llm-stream:answer:{<id>}` (a hash: `q`, the
-//! question; `client`; `owner`, the owning user's hash or empty when anonymous), `llm-stream:answer:{<id>}:events` (the stream: fields `k`, the kind, and
+//! question; `client`; `owner`, the owning user's hash or empty when anonymous; `tp`, the `traceparent` of the
+//! answer's chat span, or empty when untraced), `llm-stream:answer:{<id>}:events` (the stream: fields `k`, the kind, and
 //! `d`, the data line), `llm-stream:answer:{<id>}:alive` (while produced, expires within [`ALIVE`]).
 
 use std::{sync::Arc, time::Duration};
@@ -60,11 +61,19 @@ fn record(entry: &StreamId) -> Option<Record> {
 
 impl Redis {
     /// Copies the log as it grows; the opening event (number 0) stays local: a resume always starts after it.
-    pub fn mirror(&self, id: &str, question: &str, client: ClientId, owner: Owner, log: Arc<Log>) {
+    pub fn mirror(
+        &self,
+        id: &str,
+        (question, traceparent): (&str, Option<&str>),
+        client: ClientId,
+        owner: Owner,
+        log: Arc<Log>,
+    ) {
         if !self.is_up() {
             return;
         }
         let (redis, id, question) = (self.clone(), id.to_owned(), question.to_owned());
+        let traceparent = traceparent.map(str::to_owned);
         tokio::spawn(async move {
             let (meta, events, alive) = (meta_key(&id), events_key(&id), alive_key(&id));
             let lifetime = (redis.0.budget + redis.0.retention).as_millis() as u64;
@@ -78,6 +87,7 @@ impl Redis {
                         ("q", question),
                         ("client", client.to_string()),
                         ("owner", owner.tag()),
+                        ("tp", traceparent.unwrap_or_default()),
                     ],
                 )
                 .pexpire(&meta, lifetime as i64)
@@ -172,6 +182,7 @@ impl Redis {
             .arg(meta_key(id))
             .arg("q")
             .arg("owner")
+            .arg("tp")
             .cmd("XREVRANGE")
             .arg(events_key(id))
             .arg("+")
@@ -179,11 +190,13 @@ impl Redis {
             .arg("COUNT")
             .arg(1)
             .exists(alive_key(id));
-        let lookup = pipe
-            .query_async::<((Option<String>, Option<String>), StreamRangeReply, bool)>(
-                &mut manager,
-            );
-        let ((asked, owned_by), last, alive) = self.call(self.0.request_limit, lookup).await?;
+        let lookup = pipe.query_async::<(
+            (Option<String>, Option<String>, Option<String>),
+            StreamRangeReply,
+            bool,
+        )>(&mut manager);
+        let ((asked, owned_by, traceparent), last, alive) =
+            self.call(self.0.request_limit, lookup).await?;
         if asked.as_deref() != Some(question) || owned_by.unwrap_or_default() != owner.tag() {
             return None;
         }
@@ -199,6 +212,7 @@ impl Redis {
             connection,
             id: id.to_owned(),
             after,
+            traceparent: traceparent.filter(|tp| !tp.is_empty()),
         })
     }
 
@@ -229,6 +243,8 @@ pub struct Follow {
     connection: MultiplexedConnection,
     id: String,
     after: u64,
+    /// The `traceparent` of the answer's chat span, when its producer traced it.
+    pub traceparent: Option<String>,
 }
 
 impl Follow {

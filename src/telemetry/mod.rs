@@ -1,5 +1,11 @@
 //! Logs: the tracing subscriber (readable by default, JSON on request) and the one line each stream
-//! leaves behind when it ends, however it ends (also where the stream's metrics are recorded).
+//! leaves behind when it ends, however it ends (also where the stream's metrics are recorded and
+//! its chat span ends); traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (`traces`, `chat`,
+//! `export`).
+
+pub mod chat;
+mod export;
+pub mod traces;
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +46,8 @@ pub struct StreamReport {
     cost: Option<(u64, u64, &'static str)>,
     /// `token_budget` when the budget lowered the answer's `max_tokens` and the answer ran into it.
     limited_by: Option<&'static str>,
+    /// With traces on: the answer's chat span, ended with the report.
+    chat: Option<chat::Chat>,
 }
 
 impl StreamReport {
@@ -60,12 +68,48 @@ impl StreamReport {
             model: None,
             cost: None,
             limited_by: None,
+            chat: None,
         }
     }
 
+    /// The answer's chat span (traces on), ended when the report is.
+    pub fn traced(mut self, chat: Option<chat::Chat>) -> Self {
+        self.chat = chat;
+        self
+    }
+
+    /// The answer's chat span, when traced.
+    pub fn chat(&self) -> Option<&chat::Chat> {
+        self.chat.as_ref()
+    }
+
+    /// The chat span's `traceparent`, when traced.
+    pub fn traceparent(&self) -> Option<String> {
+        self.chat.as_ref().and_then(chat::Chat::traceparent)
+    }
+
     pub fn first_output(&mut self) {
-        self.first_output
-            .get_or_insert_with(|| self.started.elapsed());
+        if self.first_output.is_none() {
+            let after = self.started.elapsed();
+            self.first_output = Some(after);
+            if let Some(chat) = &self.chat {
+                chat.first_token(after);
+            }
+        }
+    }
+
+    /// The upstream's finish: its reason, usage and model, for the chat span.
+    pub fn finished(&mut self, finish: &crate::llm::Finish) {
+        if let Some(chat) = &mut self.chat {
+            chat.finished(finish);
+        }
+    }
+
+    /// The answer's text as the person saw it, for a chat span that captures content.
+    pub fn answer(&self, text: &str) {
+        if let Some(chat) = &self.chat {
+            chat.output(text);
+        }
     }
 
     pub fn token(&mut self) {
@@ -103,6 +147,10 @@ impl Drop for StreamReport {
     fn drop(&mut self) {
         let duration = self.started.elapsed();
         crate::metrics::stream_ended(self.outcome, self.first_output, duration, self.tokens_out);
+        let trace_id = self.chat.as_ref().map(|chat| {
+            chat.end(self.outcome);
+            chat.trace_id()
+        });
         let _entered = self.span.enter();
         tracing::info!(
             stream_id = %self.stream_id,
@@ -119,6 +167,7 @@ impl Drop for StreamReport {
             completion_tokens = self.cost.map(|c| c.1),
             tokens_source = self.cost.map(|c| c.2),
             limited_by = self.limited_by,
+            trace_id = trace_id.as_deref(),
             "stream ended"
         );
     }
