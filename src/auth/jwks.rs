@@ -226,6 +226,14 @@ async fn refresh(jwks: Weak<Jwks>) {
         let had_keys = strong.has_keys();
         match strong.fetch().await {
             Ok(count) => {
+                if !had_keys {
+                    // Asks made while no key had come were for this first set: an unknown kid
+                    // may ask for the next one at once.
+                    *strong
+                        .last_wanted
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = None;
+                }
                 if !had_keys || warned {
                     tracing::info!(keys = count, "AUTH_JWKS_URL fetched: tokens are verified");
                 }

@@ -4,6 +4,7 @@
 
 mod identity;
 mod keys;
+mod leaks;
 mod ownership;
 mod refusals;
 mod rotation;

@@ -366,7 +366,7 @@ impl Process {
     /// Starts the binary on the Redis at `redis_url`, with this extra environment.
     pub async fn start_on(
         redis_url: &str,
-        env: &[(&str, &Path)],
+        env: &[(&str, &std::ffi::OsStr)],
         mock: &MockUpstream,
         extra: &[&str],
     ) -> Self {

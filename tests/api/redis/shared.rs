@@ -182,7 +182,7 @@ async fn an_instance_on_rediss_shares_the_limits_of_one_on_tcp() {
     // The real binary, so that it trusts the test's authority (SSL_CERT_FILE) alone.
     let a = Process::start_on(
         &url,
-        &[("SSL_CERT_FILE", authority)],
+        &[("SSL_CERT_FILE", authority.as_os_str())],
         &mock,
         &["--rate-limit-per-minute", "1", "--rate-limit-burst", "1"],
     )
