@@ -51,7 +51,8 @@ async fn two_users_behind_one_address_have_a_budget_each_and_one_user_from_two_a
 async fn the_llm_stream_claim_raises_one_users_burst_and_lowers_anothers_stream_cap() {
     let app = spawn_app_with(rate_two).await;
     app.mock
-        .always(Reply::sse(openai::answer(&["t "; 3], std::time::Duration::ZERO)).then(End::Hang));
+        // No finish: each answer stays open (holding its slot) until the test ends.
+        .always(Reply::sse(vec![openai::token("t ")]).then(End::Hang));
     let mut pro = claims("pro");
     pro["llm_stream"] = json!({"burst": 5});
     let mut tight = claims("tight");
