@@ -17,6 +17,7 @@ mod looks;
 mod markdown;
 mod problems;
 mod resume;
+mod signin;
 
 use crate::{
     browser::Browser,
