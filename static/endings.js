@@ -36,14 +36,16 @@ export function done(r) {
   if (r.firstAt !== null) text += ", first token after " + Math.round(r.firstAt) + " ms";
   const speed = rate(r.tokens, r.lastAt - r.firstAt);
   if (speed) text += ", " + speed;
-  if (r.finish && LENGTH_FINISH.includes(r.finish)) {
+  if (r.limitedBy === "token_budget") {
+    text += " — the answer stopped early because your token budget ran low.";
+  } else if (r.finish && LENGTH_FINISH.includes(r.finish)) {
     text += " — the answer was cut at the length limit.";
   } else if (r.finish && !NORMAL_FINISH.includes(r.finish)) {
     text += " — the model stopped early (" + r.finish + ").";
   }
   setState("done");
   setStatus(text);
-  r.turn.showUsage(r.usage);
+  r.turn.showUsage(r.usage, r.tokensLeft);
   announce("Answer complete, " + r.words());
 }
 

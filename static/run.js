@@ -44,6 +44,8 @@ export class Run {
     this.lastAt = null;          // ms after t0 of the latest token
     this.finish = null;          // the finish reason, once the server gave it
     this.usage = null;
+    this.limitedBy = null;       // "token_budget" when the budget lowered max_tokens and it ran out
+    this.tokensLeft = null;      // the client's token budget after this answer, when one is set
     this.opened = false;         // a connection was open at least once
     this.stream = resumeStream || null; // the stream's id, once known
     this.lastN = -1;             // the number of the last event taken: later copies are ignored
@@ -211,6 +213,10 @@ export class Run {
       this.finish = String(msg.finish_reason);
     }
     if (msg.usage && typeof msg.usage === "object") this.usage = msg.usage;
+    if (msg.limited_by === "token_budget") this.limitedBy = msg.limited_by;
+    if (msg.budget && Number.isInteger(msg.budget.tokens_remaining)) {
+      this.tokensLeft = msg.budget.tokens_remaining;
+    }
     if (msg.upstream === "fallback") this.turn.fromFallback(typeof msg.model === "string" ? msg.model : "");
   }
 

@@ -120,13 +120,15 @@ export class Turn {
     this.article.insertBefore(p, this.thinking);
   }
 
-  /** The answer's token usage as the server reported it (`null`: none). */
-  showUsage(u) {
+  /** The answer's token usage as the server reported it (`null`: none), and the client's token
+   *  budget left after it (`null`: no budget). */
+  showUsage(u, left = null) {
     const p = u ? num(u.prompt_tokens) : null;
     const c = u ? num(u.completion_tokens) : null;
     const parts = [];
     if (p !== null) parts.push("prompt " + plural(p, "token"));
     if (c !== null) parts.push("completion " + plural(c, "token"));
+    if (left !== null) parts.push(plural(left, "token") + " left in your budget");
     this.usage.textContent = parts.length ? "Usage: " + parts.join(" · ") : "";
     this.usage.hidden = !parts.length;
   }

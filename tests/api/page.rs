@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 mod access;
 mod answers;
+mod budget;
 mod conversation;
 mod fallback;
 mod hostile;
