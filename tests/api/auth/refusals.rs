@@ -360,14 +360,7 @@ async fn refusals_are_counted_and_spend_the_address_rate_like_questions() {
     let first = refused(&app.stream_url("hi"), &bad).await;
     let second = refused(&format!("{}/api/limits", app.address), &bad).await;
     let third = refused(&app.stream_url("hi"), &bad).await;
-    let metrics = CLIENT
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::metrics::scrape(&app).await;
 
     assert_eq!((first.status, second.status), (401, 401));
     assert_eq!(

@@ -8,7 +8,7 @@ use llm_stream::config::ProviderKind;
 
 use super::{SYSTEM, ask, budget, finish, prompt_estimate, tokens_left};
 use crate::{
-    helpers::{CLIENT, spawn_app_with},
+    helpers::spawn_app_with,
     mock_upstream::{Reply, anthropic, openai},
 };
 
@@ -57,14 +57,7 @@ crate::both_stores! {
         assert_eq!(tokens_left(&app.address, ME).await, 10_000 - 47 - 35 - cost);
         assert_eq!(SYSTEM.len() + 2, 11, "3 tokens of prompt: 11 characters / 4, rounded up");
 
-        let metrics = CLIENT
-            .get(format!("{}/metrics", app.address))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = crate::metrics::scrape(&app).await;
         for series in [
             r#"llm_stream_tokens_total{kind="prompt",source="usage"}"#,
             r#"llm_stream_tokens_total{kind="completion",source="estimate"}"#,
