@@ -32,6 +32,16 @@ impl ProviderKind {
     }
 }
 
+/// Whether answers from an HTTPS upstream may share HTTP/2 connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Http2Mode {
+    /// HTTP/2 when the upstream offers it by ALPN: answers share connections, as many on each as
+    /// the server allows.
+    Auto,
+    /// HTTP/1.1 always: one connection per answer.
+    Off,
+}
+
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -119,6 +129,10 @@ pub struct Config {
     /// The whole answer's time budget, in seconds.
     #[arg(long = "stream-timeout-secs", env = "STREAM_TIMEOUT_SECS", value_name = "STREAM_TIMEOUT_SECS", default_value = "60", value_parser = parse_secs)]
     pub stream_timeout: Duration,
+
+    /// HTTP/2 to HTTPS upstreams that offer it: auto (answers share connections, up to the server's stream limit on each) or off (HTTP/1.1, a connection per answer). Plain http:// upstreams always get HTTP/1.1.
+    #[arg(long, env = "LLM_HTTP2", value_enum, default_value = "auto")]
+    pub llm_http2: Http2Mode,
 
     /// Time allowed to connect to the upstream, in seconds.
     #[arg(long = "upstream-connect-timeout-secs", env = "UPSTREAM_CONNECT_TIMEOUT_SECS", value_name = "UPSTREAM_CONNECT_TIMEOUT_SECS", default_value = "10", value_parser = parse_secs)]

@@ -2,14 +2,20 @@
 //! the first event, and HTTP failures mapped onto our error codes. Decoding the body that comes
 //! back is [`super::upstream`]'s; choosing between two upstreams is [`super::fallback`]'s.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::time::Instant;
 
-use super::Role;
-use crate::{config::Config, error::StreamError};
+use super::{
+    Role,
+    http2::{self, Http2, Sent},
+};
+use crate::{
+    config::{Config, Http2Mode},
+    error::StreamError,
+};
 
 /// The most of an error body kept for the log: enough to diagnose, never sent to the client.
 const ERROR_BODY_LOG_BYTES: usize = 2048;
@@ -23,7 +29,10 @@ const RETRY_AFTER_CAP_SECS: u64 = 10;
 /// One upstream's HTTP client and the limits that bound each call to it.
 #[derive(Clone)]
 pub struct Upstream {
+    /// HTTP/1.1: plain-`http://` upstreams, LLM_HTTP2=off, and HTTPS ones that offer nothing else.
     client: reqwest::Client,
+    /// HTTP/2 to an HTTPS upstream that offers it.
+    http2: Option<Arc<Http2>>,
     idle_timeout: Duration,
     /// Which upstream this is, for its metrics and warnings.
     role: Role,
@@ -45,13 +54,22 @@ struct Failure {
 }
 
 impl Upstream {
-    pub fn new(config: &Config, role: Role) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &Config, role: Role, base: &reqwest::Url) -> Result<Self, reqwest::Error> {
+        let user_agent = concat!("llm-stream/", env!("CARGO_PKG_VERSION"));
         let client = reqwest::Client::builder()
             .connect_timeout(config.upstream_connect_timeout)
-            .user_agent(concat!("llm-stream/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent)
+            .http1_only()
             .build()?;
+        let http2 = match config.llm_http2 {
+            Http2Mode::Auto => {
+                Http2::for_upstream(base, config.upstream_connect_timeout, user_agent)
+            }
+            Http2Mode::Off => None,
+        };
         Ok(Self {
             client,
+            http2: http2.map(Arc::new),
             idle_timeout: config.upstream_idle_timeout,
             role,
         })
@@ -117,13 +135,13 @@ impl Upstream {
             failed(StreamError::UpstreamUnavailable)
         })?;
         let attempt = crate::otel::Attempt::start(&mut request, upstream);
-        let response = tokio::time::timeout(self.idle_timeout, client.execute(request))
+        let response = tokio::time::timeout(self.idle_timeout, self.execute(client, request))
             .await
             .inspect(|sent| crate::metrics::upstream_response(upstream, sent))
             .map_err(|_| failed(StreamError::Timeout))
             .and_then(|sent| {
                 sent.map_err(|error| {
-                    tracing::warn!(upstream, error = %error.without_url(), "upstream request failed");
+                    tracing::warn!(upstream, %error, "upstream request failed");
                     failed(StreamError::UpstreamUnavailable)
                 })
             })
@@ -141,6 +159,27 @@ impl Upstream {
         let body = error_body(response).await;
         tracing::warn!(upstream, status = status.as_u16(), body = %body, "upstream refused the request");
         Err(failure)
+    }
+}
+
+impl Upstream {
+    /// Over HTTP/2 when the upstream speaks it, else over reqwest's HTTP/1.1 pool.
+    async fn execute(
+        &self,
+        client: reqwest::Client,
+        request: reqwest::Request,
+    ) -> Result<Response, http2::Error> {
+        let request = match &self.http2 {
+            Some(http2) => match http2.send(request).await? {
+                Sent::Response(response) => return Ok(response),
+                Sent::Http1Only(request) => request,
+            },
+            None => request,
+        };
+        Ok(client
+            .execute(request)
+            .await
+            .map_err(reqwest::Error::without_url)?)
     }
 }
 

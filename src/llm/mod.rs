@@ -7,6 +7,7 @@ mod breaker;
 mod call;
 pub mod demo;
 mod fallback;
+mod http2;
 pub mod openai;
 pub mod upstream;
 mod utf8_guard;

@@ -37,7 +37,7 @@ impl Endpoint {
     /// The endpoint at `path` under the target's base URL (`chat/completions`, `messages`).
     pub fn new(config: &Config, target: &Target, path: &str) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            upstream: Upstream::new(config, target.role)?,
+            upstream: Upstream::new(config, target.role, &target.base_url)?,
             url: target
                 .base_url
                 .join(path)

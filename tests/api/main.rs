@@ -14,6 +14,7 @@ mod conversations;
 mod fetch_metadata;
 mod helpers;
 mod house;
+mod http2;
 mod limits;
 mod metrics;
 mod mock_upstream;

@@ -370,6 +370,17 @@ impl Process {
         mock: &MockUpstream,
         extra: &[&str],
     ) -> Self {
+        let upstream = ["--llm-base-url", &mock.url(), "--redis-url", redis_url];
+        Self::launch(&upstream, env, extra).await
+    }
+
+    /// Starts the binary alone (no Redis) on the OpenAI-compatible upstream at `base_url`, with
+    /// this extra environment.
+    pub async fn alone(base_url: &str, env: &[(&str, &std::ffi::OsStr)], extra: &[&str]) -> Self {
+        Self::launch(&["--llm-base-url", base_url], env, extra).await
+    }
+
+    async fn launch(upstream: &[&str], env: &[(&str, &std::ffi::OsStr)], extra: &[&str]) -> Self {
         for _ in 0..5 {
             let dir = TempDir::new();
             let port = free_port();
@@ -379,8 +390,8 @@ impl Process {
                 .env_clear()
                 .current_dir(&dir.0)
                 .args(["--listen-addr", &format!("127.0.0.1:{port}")])
-                .args(["--llm-provider", "openai", "--llm-base-url", &mock.url()])
-                .args(["--llm-api-key", "sk-test", "--redis-url", redis_url])
+                .args(["--llm-provider", "openai", "--llm-api-key", "sk-test"])
+                .args(upstream)
                 .envs(env.iter().copied())
                 // Defaults, as the environment: a flag in `extra` overrides them.
                 .env("RATE_LIMIT_PER_MINUTE", "0")
