@@ -107,6 +107,13 @@ type Driven = Pin<
 /// One answer's place on a connection, given back when its body is dropped.
 struct Ticket(Arc<Connection>);
 
+/// Whether a question's connection had carried others before it.
+#[derive(Debug, Clone, Copy)]
+enum Used {
+    New,
+    Before,
+}
+
 /// What sending a question gave.
 pub enum Sent {
     Response(reqwest::Response),
@@ -155,39 +162,55 @@ impl Http2 {
         })
     }
 
-    /// Sends `request` on a connection with room for it, opening one when none has.
+    /// Sends `request` on a connection with room for it, opening one when none has. A question
+    /// that fails on a connection used before (the server sent GOAWAY or closed it while idle)
+    /// is sent again at once on another.
     pub async fn send(&self, request: reqwest::Request) -> Result<Sent, Error> {
-        let Some(ticket) = self.ticket().await? else {
+        let again = request.try_clone();
+        match (self.send_once(request).await, again) {
+            (Err((error, Used::Before)), Some(again)) => {
+                tracing::debug!(%error, "an HTTP/2 connection failed a question; sending it on another");
+                self.send_once(again).await.map_err(|(error, _)| error)
+            }
+            (sent, _) => sent.map_err(|(error, _)| error),
+        }
+    }
+
+    async fn send_once(&self, request: reqwest::Request) -> Result<Sent, (Error, Used)> {
+        let Some((ticket, used)) = self.ticket().await.map_err(|e| (e, Used::New))? else {
             return Ok(Sent::Http1Only(request));
         };
-        let mut request = http::Request::<reqwest::Body>::try_from(request)?;
+        let mut request =
+            http::Request::<reqwest::Body>::try_from(request).map_err(|e| (e.into(), Used::New))?;
         *request.version_mut() = http::Version::HTTP_2;
         request
             .headers_mut()
             .entry(http::header::USER_AGENT)
             .or_insert_with(|| self.user_agent.clone());
         let mut send = ticket.0.send.clone();
-        let response = send.send_request(request).await.inspect_err(|_| {
+        let response = send.send_request(request).await.map_err(|error| {
             // Whatever failed it (a GOAWAY, a reset, the network), the next question gets a
             // connection of its own.
             ticket.0.closed.store(true, Ordering::Relaxed);
+            (error.into(), used)
         })?;
         let response = response.map(|body| reqwest::Body::wrap(Counted { body, ticket }));
         Ok(Sent::Response(reqwest::Response::from(response)))
     }
 
-    /// A place on a connection, or `None` when the upstream speaks only HTTP/1.1.
-    async fn ticket(&self) -> Result<Option<Ticket>, Error> {
+    /// A place on a connection, and whether that connection was opened for it; `None` when the
+    /// upstream speaks only HTTP/1.1.
+    async fn ticket(&self) -> Result<Option<(Ticket, Used)>, Error> {
         if self.http1_only.load(Ordering::Relaxed) {
             return Ok(None);
         }
         if let Some(ticket) = self.room() {
-            return Ok(Some(ticket));
+            return Ok(Some((ticket, Used::Before)));
         }
         let _opening = self.opening.lock().await;
         // Opened while this question waited?
         if let Some(ticket) = self.room() {
-            return Ok(Some(ticket));
+            return Ok(Some((ticket, Used::New)));
         }
         if self.http1_only.load(Ordering::Relaxed) {
             return Ok(None);
@@ -202,7 +225,7 @@ impl Http2 {
         };
         let ticket = connection.take().ok_or("a new connection with no room")?;
         self.lock().push(connection);
-        Ok(Some(ticket))
+        Ok(Some((ticket, Used::New)))
     }
 
     /// A place on the oldest connection with room, after forgetting ended and idle ones.

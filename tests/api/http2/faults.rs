@@ -67,3 +67,19 @@ async fn a_goaway_mid_answer_ends_only_the_answers_on_that_connection() {
     assert_eq!(after.text(), text_of(5));
     assert_ne!(mock.stream("after").unwrap().connection, 0);
 }
+
+#[tokio::test]
+async fn a_question_refused_by_a_connection_going_away_is_sent_again_at_once_on_a_new_one() {
+    let mock = MockH2::start(100).await;
+    // No retries: only the HTTP/2 layer's own second try can save the question.
+    let server = serve(&mock, &["--llm-retries", "0"]).await;
+    assert_eq!(ask(&server, "first").await.text(), text_of(5));
+
+    mock.refuse_streams(0);
+    let second = ask(&server, "second").await;
+
+    assert_eq!(second.text(), text_of(5));
+    assert!(second.ended_with_done());
+    assert_eq!(mock.stream("second").unwrap().connection, 1);
+    assert_eq!(mock.connections(), ["h2"; 2]);
+}

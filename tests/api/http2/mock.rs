@@ -3,7 +3,7 @@
 //! `SETTINGS_MAX_CONCURRENT_STREAMS`, and `http/1.1` by hand when that is what the client
 //! offers. Each answer is OpenAI-shaped, one token per event: `tok0 tok1 …`, as many as the
 //! question's word `t<N>g<ms>` says, that far apart (5, 20 ms apart, unless). It records every connection and
-//! every stream: which connection carried it, whether it ended, whether the client reset it.
+//! every stream it answered: which connection carried it, whether it ended, whether the client reset it.
 
 use std::{
     sync::{Arc, Mutex},
@@ -45,6 +45,8 @@ struct Seen {
     streams: Vec<Stream>,
     /// Ends an HTTP/2 connection with a GOAWAY, by its index.
     shut: Vec<Option<oneshot::Sender<()>>>,
+    /// Connections that refuse every new stream (`REFUSED_STREAM`), as one going away does.
+    refusing: Vec<usize>,
 }
 
 pub struct MockH2 {
@@ -111,6 +113,11 @@ impl MockH2 {
         self.streams()
             .into_iter()
             .find(|s| s.question.contains(tag))
+    }
+
+    /// Makes HTTP/2 connection `index` refuse every new stream from now on.
+    pub fn refuse_streams(&self, index: usize) {
+        self.seen.lock().unwrap().refusing.push(index);
     }
 
     /// Sends HTTP/2 connection `index` a GOAWAY (INTERNAL_ERROR) and closes it.
@@ -225,6 +232,10 @@ async fn answer_h2(
     while let Some(Ok(chunk)) = body.data().await {
         let _ = body.flow_control().release_capacity(chunk.len());
         read.extend_from_slice(&chunk);
+    }
+    if seen.lock().unwrap().refusing.contains(&connection) {
+        respond.send_reset(h2::Reason::REFUSED_STREAM);
+        return;
     }
     let stream = begin(&seen, connection, &read);
     let question = seen.lock().unwrap().streams[stream].question.clone();
