@@ -9,18 +9,7 @@ use crate::error::Refusal;
 /// Refuses a request when any parameter's name or value percent-decodes to bytes that are not
 /// UTF-8, naming the parameter; counted like every refusal. Call it before reading any parameter.
 pub fn require_utf8(request: &HttpRequest) -> Result<(), Refusal> {
-    let undecodable = request.query_string().split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        // `+` stands for a space, which is ASCII: it cannot change whether a pair is UTF-8.
-        match percent_decode_str(name).decode_utf8() {
-            Ok(name) => percent_decode_str(value)
-                .decode_utf8()
-                .is_err()
-                .then(|| name.into_owned()),
-            Err(_) => Some(String::new()),
-        }
-    });
-    let Some(name) = undecodable else {
+    let Some(name) = undecodable(request) else {
         return Ok(());
     };
     // A name is echoed only when it looks like one of ours, so that the message stays short.
@@ -39,4 +28,26 @@ pub fn require_utf8(request: &HttpRequest) -> Result<(), Refusal> {
     ));
     crate::metrics::refused(&refusal);
     Err(refusal)
+}
+
+/// Whether every parameter's name and value percent-decodes to UTF-8 (checked without counting
+/// a refusal, for an endpoint that only describes).
+pub fn is_utf8(request: &HttpRequest) -> bool {
+    undecodable(request).is_none()
+}
+
+/// The first parameter whose name or value is not UTF-8: its name (empty when the name is the
+/// undecodable part).
+fn undecodable(request: &HttpRequest) -> Option<String> {
+    request.query_string().split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // `+` stands for a space, which is ASCII: it cannot change whether a pair is UTF-8.
+        match percent_decode_str(name).decode_utf8() {
+            Ok(name) => percent_decode_str(value)
+                .decode_utf8()
+                .is_err()
+                .then(|| name.into_owned()),
+            Err(_) => Some(String::new()),
+        }
+    })
 }

@@ -123,7 +123,7 @@ export function unanswered(r) {
     return;
   }
   // Refused before streaming (HTTP 400/429/503): ask the server why.
-  explainRefusal(r.q, () => !r.retired, r.asked !== null);
+  explainRefusal(r.q, () => !r.retired, r.asked);
 }
 
 /** The browser would not even open the stream. */

@@ -1,5 +1,6 @@
 // Why a question was refused before it streamed (an EventSource cannot read the refusal's body,
-// so the page asks /api/limits), and the countdowns that keep Ask disabled while a wait runs.
+// so the page asks /api/limits, with the question: the server says what the token budgets decide
+// for it), and the countdowns that keep Ask disabled while a wait runs.
 
 import { announceError } from "./announce.js";
 import { countChars, num, setState, setStatus, showError } from "./view.js";
@@ -52,10 +53,13 @@ export function startCountdown(secs, render, onEnd) {
   tick();
 }
 
-function fetchLimits() {
+/** /api/limits, with what the token budgets decide for `q` asked in `conversation` (or null). */
+function fetchLimits(q, conversation) {
   const ctrl = new AbortController();
   const timer = window.setTimeout(() => ctrl.abort(), LIMITS_TIMEOUT_MS);
-  return fetch(LIMITS_URL, {
+  let url = LIMITS_URL + "?q=" + encodeURIComponent(q);
+  if (conversation) url += "&conversation=" + encodeURIComponent(conversation);
+  return fetch(url, {
     method: "GET",
     cache: "no-store",
     credentials: "same-origin",
@@ -82,34 +86,61 @@ function refuse(status, message) {
   changed();
 }
 
+/** A refusal that passes with time: Ask waits `secs` while `say(left, unit)` counts down, then
+ * `over` is shown and the status says `ready`. */
+function refuseFor(secs, status, say, over, ready) {
+  setState("refused");
+  setStatus(status);
+  announceError(say(secs, "seconds") + ".");
+  startCountdown(secs, (left) => showError(say(left, "s"), false), () => {
+    showError(over, false);
+    setStatus(ready);
+  });
+}
+
+/** Whole seconds to wait, at least one. */
+const waitSecs = (secs) => Math.max(1, Math.ceil(num(secs) || 0));
+
 /** Says why the question `q` was refused; `current()` tells whether it is still the page's;
- * `followUp`: it was asked in a conversation (whose answer may still run, e.g. in another tab). */
-export function explainRefusal(q, current, followUp) {
+ * `conversation`: the conversation it was asked in (whose answer may still run, e.g. in another
+ * tab, and whose history counts in its token budget), or null. */
+export function explainRefusal(q, current, conversation) {
   checking = true;
   changed();
   setStatus("Checking why the question was not accepted…");
 
-  fetchLimits().then((l) => {
+  fetchLimits(q, conversation).then((l) => {
     if (!current()) return;
     checking = false;
     const limit = num(l.limit) || 0;
     const remaining = num(l.remaining);
-    const reset = num(l.reset_secs);
     const open = num(l.streams_open);
     const maxOpen = num(l.max_streams_per_client);
     const maxChars = num(l.max_query_chars);
+    const budget = l.question && typeof l.question === "object" ? l.question : {};
 
+    // In the order the server decides: the rate, the token budgets, then the stream slots.
     if (limit > 0 && remaining !== null && remaining <= 0) {
-      setState("refused");
-      setStatus("Refused — rate limit reached");
-      const secs = Math.max(1, Math.ceil(reset || 0));
-      announceError("Rate limit reached — try again in " + secs + " seconds.");
-      startCountdown(secs, (left) => {
-        showError("Rate limit reached — try again in " + left + " s", false);
-      }, () => {
-        showError("The rate limit has reset — you can ask again now.", false);
-        setStatus("Ready — the rate limit has reset");
-      });
+      refuseFor(waitSecs(l.reset_secs), "Refused — rate limit reached",
+        (n, unit) => "Rate limit reached — try again in " + n + " " + unit,
+        "The rate limit has reset — you can ask again now.",
+        "Ready — the rate limit has reset");
+      return;
+    }
+    if (budget.error === "token_budget_exhausted") {
+      refuseFor(waitSecs(budget.retry_after), "Refused — your token budget is spent",
+        (n, unit) => "Your token budget is spent — enough for another answer is back in " +
+          n + " " + unit,
+        "Your token budget has enough for another answer — you can ask again now.",
+        "Ready — your token budget has refilled");
+      return;
+    }
+    if (budget.error === "service_budget_exhausted") {
+      refuseFor(waitSecs(budget.retry_after), "Refused — the service's token budget is used up",
+        (n, unit) => "The service has used up its token budget for now — try again in " +
+          n + " " + unit,
+        "The service's token budget has refilled — you can ask again now.",
+        "Ready — the service's token budget has refilled");
       return;
     }
     if (maxOpen !== null && maxOpen > 0 && open !== null && open >= maxOpen) {
@@ -124,7 +155,7 @@ export function explainRefusal(q, current, followUp) {
         maxChars + ". Please shorten it.");
       return;
     }
-    refuse("Refused — the server is busy", followUp
+    refuse("Refused — the server is busy", conversation
       ? "The server did not accept this question: it is busy or at capacity right now, or an " +
         "answer in this conversation is still running (perhaps in another tab). Please try " +
         "again in a few seconds."

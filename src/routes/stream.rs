@@ -19,7 +19,7 @@ use crate::{
     client::Client,
     config::Config,
     error::Refusal,
-    llm::{Provider, Target, prompt_chars, window},
+    llm::{Provider, Target, Turn, prompt_chars, window},
     request_id::RequestId,
     sse::parse_event_id,
     store::{Ask, Budgets, Conversation, Store, tokens::estimate},
@@ -79,12 +79,7 @@ pub async fn stream(
         }
     };
     let history = window(&history, &question, config.conversation_max_chars as usize);
-    // The most this answer can cost: its prompt as sent (estimated), and the longest answer.
-    let ask = Ask {
-        prompt: estimate(prompt_chars(&config.llm_system_prompt, history, &question)),
-        answer: config.llm_max_tokens,
-        min_answer: config.token_budget_min_answer,
-    };
+    let ask = ask_of(&config, history, &question);
     let admitted = match store.admit(client.id, client.plan(&config), ask).await {
         Ok(admitted) => admitted,
         Err(refused) => {
@@ -188,8 +183,18 @@ fn respond(
         .map_into_boxed_body()
 }
 
+/// What `question` asks of the token budgets after `history` (the turns sent with it): the
+/// most its answer can cost, its prompt as sent (estimated) and the longest answer.
+pub(super) fn ask_of(config: &Config, history: &[Turn], question: &str) -> Ask {
+    Ask {
+        prompt: estimate(prompt_chars(&config.llm_system_prompt, history, question)),
+        answer: config.llm_max_tokens,
+        min_answer: config.token_budget_min_answer,
+    }
+}
+
 /// A question is 1 to MAX_QUERY_CHARS characters (not bytes) with no control characters but newlines and tabs.
-fn validate(question: Option<String>, max_chars: usize) -> Result<String, Refusal> {
+pub(super) fn validate(question: Option<String>, max_chars: usize) -> Result<String, Refusal> {
     let question = question.unwrap_or_default();
     if question.trim().is_empty() {
         return Err(Refusal::InvalidQuery(

@@ -285,22 +285,13 @@ impl Limits {
             Some(Ok(budget)) => Some(budget),
             None => None,
         };
-        let decision = (bucket.is_some() || self.global.is_some())
-            .then(|| self.tokens.decide(client, ask, (bucket, self.global)));
+        let decision = self.decide_tokens(client, plan, ask);
+        if let Some(refusal) = decision.and_then(Decision::refusal) {
+            return refused(refusal, rate_now);
+        }
         let (reserve, cap) = match decision {
-            Some(Decision::Exhausted { wait_ms, global }) => {
-                let retry_after = Duration::from_millis(wait_ms);
-                return refused(
-                    if global {
-                        Refusal::ServiceBudgetExhausted { retry_after }
-                    } else {
-                        Refusal::TokenBudgetExhausted { retry_after }
-                    },
-                    rate_now,
-                );
-            }
             Some(Decision::Reserve { tokens, cap }) => (Some(tokens), cap),
-            None => (None, None),
+            _ => (None, None),
         };
         if open.total >= self.max_streams {
             return refused(Refusal::AtCapacity, rate_now);
@@ -348,6 +339,14 @@ impl Limits {
             budgets,
             cap,
         ))
+    }
+
+    /// What the token budgets decide for `ask` now, spending nothing; `None` when no budget
+    /// applies (neither the client's nor the service's).
+    pub fn decide_tokens(&self, client: ClientId, plan: Plan, ask: Ask) -> Option<Decision> {
+        let bucket = plan_bucket(plan);
+        (bucket.is_some() || self.global.is_some())
+            .then(|| self.tokens.decide(client, ask, (bucket, self.global)))
     }
 
     /// The client's token budget now, spending nothing; `None` without one.

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::{
     client::{ClientId, Owner, Plan},
     config::Config,
+    error::Refusal,
     llm::Turn,
 };
 pub use admission::{Budget, Budgets, LimitsView, Refused, TokenBudget};
@@ -30,6 +31,7 @@ use conversations::{Begun, Conversations};
 use local::{Limits, StreamSlot};
 pub use redis::Follow;
 use redis::{Lease, Redis};
+use tokens::Decision;
 pub use tokens::{Ask, Cost};
 
 /// A signal from one instance to the others.
@@ -235,6 +237,20 @@ impl Store {
             rate: self.limits.budget(client, plan),
             tokens: self.limits.tokens(client, plan),
         }
+    }
+
+    /// What the token budgets would refuse `ask` with now (the refusal a real ask would get, its
+    /// wait included), spending nothing; `None` when they would admit it. On Redis while it
+    /// answers, else this process's own budgets, as admission decides.
+    pub async fn token_refusal(&self, client: ClientId, plan: Plan, ask: Ask) -> Option<Refusal> {
+        if let Some(redis) = &self.redis
+            && let Some(decision) = redis.decide(client, plan, ask).await
+        {
+            return decision.and_then(Decision::refusal);
+        }
+        self.limits
+            .decide_tokens(client, plan, ask)
+            .and_then(Decision::refusal)
     }
 
     /// What `/api/limits` tells a client about itself.

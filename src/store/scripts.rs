@@ -157,8 +157,9 @@ return ahead_of(KEYS[3])
 "
 );
 
-/// KEYS: rate, client's slots, client's tokens. ARGV: interval ms, burst. Returns {remaining, open
-/// streams, the client's tokens' ms ahead}.
+/// KEYS: rate, client's slots, client's tokens, the service's tokens. ARGV: interval ms, burst.
+/// Returns {remaining, open streams, the client's tokens' ms ahead, the service's tokens' ms
+/// ahead}; writes nothing.
 pub const PEEK: &str = concat!(
     token_lua!(),
     r"
@@ -170,7 +171,7 @@ if interval > 0 then
   if tat < now then tat = now end
   remaining = math.floor((now + burst * interval - tat) / interval)
 end
-return {remaining, redis.call('ZCOUNT', KEYS[2], now, '+inf'), ahead_of(KEYS[3])}
+return {remaining, redis.call('ZCOUNT', KEYS[2], now, '+inf'), ahead_of(KEYS[3]), ahead_of(KEYS[4])}
 "
 );
 

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::admission::TokenBudget;
-use crate::client::ClientId;
+use crate::{client::ClientId, error::Refusal};
 
 /// A bucket's size and the time it takes to refill from empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,6 +78,22 @@ pub enum Decision {
     /// Not even a minimum answer fits: enough is back in `wait_ms` (the service's budget when
     /// `global`).
     Exhausted { wait_ms: u64, global: bool },
+}
+
+impl Decision {
+    /// The refusal an exhausted budget answers with (the client's `429`, the service's `503`);
+    /// `None` when the question may be asked.
+    pub fn refusal(self) -> Option<Refusal> {
+        let Self::Exhausted { wait_ms, global } = self else {
+            return None;
+        };
+        let retry_after = Duration::from_millis(wait_ms);
+        Some(if global {
+            Refusal::ServiceBudgetExhausted { retry_after }
+        } else {
+            Refusal::TokenBudgetExhausted { retry_after }
+        })
+    }
 }
 
 /// Decides a question against the client's bucket and the service's (each with how far ahead of

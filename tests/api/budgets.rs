@@ -5,6 +5,7 @@
 
 mod ends;
 mod fit;
+mod limits;
 mod shared;
 mod usage;
 

@@ -16,7 +16,7 @@ use crate::{
         admission::{Budget, Budgets, Refused, TokenBudget},
         local::plan_bucket,
         scripts,
-        tokens::{Ask, Bucket, Reservation},
+        tokens::{Ask, Bucket, Decision, Reservation, decide},
     },
 };
 
@@ -111,6 +111,15 @@ impl Settings {
             }
         })
     }
+}
+
+/// What PEEK read: the rate's questions left, the client's open streams, and how far ahead of
+/// now the client's and the service's token buckets are full again (ms).
+struct Peeked {
+    remaining: u32,
+    open: u32,
+    ahead: u64,
+    global_ahead: u64,
 }
 
 /// This instance's leases: id → client.
@@ -292,21 +301,49 @@ impl Redis {
     /// The client's budget and open streams, spending nothing; `None` when Redis cannot say.
     pub async fn peek(&self, client: ClientId, plan: Plan) -> Option<(Budgets, u32)> {
         let settings = &self.0.admission.plan(plan);
+        let peeked = self.peek_raw(client, settings).await?;
+        let budgets = Budgets {
+            rate: settings.budget(peeked.remaining),
+            tokens: plan_bucket(plan).map(|b| b.view(peeked.ahead)),
+        };
+        Some((budgets, peeked.open))
+    }
+
+    /// What the token budgets decide for `ask` now, as ADMIT would (the same arithmetic in
+    /// `tokens::decide`), spending nothing: `Some(None)` when no budget applies, `None` when
+    /// Redis cannot say.
+    pub async fn decide(&self, client: ClientId, plan: Plan, ask: Ask) -> Option<Option<Decision>> {
+        let settings = &self.0.admission.plan(plan);
+        let (bucket, global) = (plan_bucket(plan), settings.global);
+        if bucket.is_none() && global.is_none() {
+            return Some(None);
+        }
+        let peeked = self.peek_raw(client, settings).await?;
+        Some(Some(decide(
+            ask,
+            bucket.map(|b| (b, peeked.ahead)),
+            global.map(|g| (g, peeked.global_ahead)),
+        )))
+    }
+
+    async fn peek_raw(&self, client: ClientId, settings: &Settings) -> Option<Peeked> {
         let mut manager = self.manager();
         let mut invocation = PEEK.key(rate_key(client));
         invocation
             .key(slots_key(client))
             .key(tokens_key(client))
+            .key(GLOBAL_TOKENS)
             .arg(settings.interval_ms)
             .arg(settings.burst);
-        let (remaining, open, ahead): (u32, u32, u64) = self
+        let (remaining, open, ahead, global_ahead): (u32, u32, u64, u64) = self
             .call(self.0.request_limit, invocation.invoke_async(&mut manager))
             .await?;
-        let budgets = Budgets {
-            rate: settings.budget(remaining),
-            tokens: plan_bucket(plan).map(|b| b.view(ahead)),
-        };
-        Some((budgets, open))
+        Some(Peeked {
+            remaining,
+            open,
+            ahead,
+            global_ahead,
+        })
     }
 
     /// Renews this instance's leases for ever, every [`RENEW_EVERY`].

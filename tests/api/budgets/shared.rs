@@ -1,13 +1,14 @@
 //! Exact across instances: two instances on one real Redis admit exactly what one client's budget
-//! fits; an instance killed mid-answer keeps its reservation spent; a user's `llm_stream` claim
-//! sets its own budget.
+//! fits; an instance killed mid-answer keeps its reservation spent; Redis stopped, each instance
+//! keeps the budget on its own, and shares it again once Redis is back; a user's `llm_stream`
+//! claim sets its own budget.
 
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::json;
 
-use super::{ask, budget, tokens_left};
+use super::{ask, budget, tokens_left, wait_tokens_left};
 use crate::{
     auth::{claims, hs256, with_secret},
     helpers::{DEADLINE, SseReader, spawn_app_with},
@@ -85,6 +86,69 @@ async fn an_instance_killed_mid_answer_keeps_its_reservation_spent() {
         1000 - 103 - 13,
         "the dead instance's reservation is never returned"
     );
+}
+
+#[tokio::test]
+async fn with_redis_stopped_each_instance_keeps_the_budget_on_its_own_and_shares_it_again_once_redis_is_back()
+ {
+    let mut redis = RedisServer::start().await;
+    let mock = MockUpstream::start().await;
+    // Each answer reports 200 tokens: the whole budget.
+    mock.always(Reply::sse(vec![
+        openai::token("ok"),
+        openai::finish("stop"),
+        openai::usage(3, 197),
+        openai::done(),
+    ]));
+    let flags = [
+        "--token-budget",
+        "200",
+        "--llm-max-tokens",
+        "100",
+        "--llm-system-prompt",
+        super::SYSTEM,
+    ];
+    let a = Process::start(&redis, &mock, &flags).await;
+    let b = Process::start(&redis, &mock, &flags).await;
+    a.wait_redis_up(true, DEADLINE).await;
+    b.wait_redis_up(true, DEADLINE).await;
+    let refused_for_tokens = |answer: &crate::helpers::Answer| {
+        answer.status == 429 && answer.body.contains("token_budget_exhausted")
+    };
+
+    // Shared: what A spent, B sees (B never spent anything of its own).
+    assert_eq!(ask(&a.address, ME, "hi").await.status, 200);
+    wait_tokens_left(&b.address, ME, 0).await;
+    assert!(refused_for_tokens(&ask(&b.address, ME, "hi").await));
+
+    redis.kill();
+    // A finds Redis gone on its next call and admits on its own budget, which is full …
+    assert_eq!(ask(&a.address, ME, "hi").await.status, 200, "{}", a.log());
+    a.wait_redis_up(false, DEADLINE).await;
+    // … until that answer has spent it: then its own budget refuses, and says when.
+    wait_tokens_left(&a.address, ME, 0).await;
+    let refused = ask(&a.address, ME, "hi").await;
+    assert!(refused_for_tokens(&refused), "{}", refused.body);
+    assert!(refused.header("retry-after").is_some());
+    // B keeps its own budget meanwhile, untouched by A's.
+    assert_eq!(tokens_left(&b.address, ME).await, 200);
+    b.wait_redis_up(false, DEADLINE).await;
+    assert!(
+        a.log()
+            .contains("Redis (REDIS_URL) is unreachable: this instance uses its own limits"),
+        "{}",
+        a.log()
+    );
+
+    redis.restart().await;
+    a.wait_redis_up(true, DEADLINE).await;
+    b.wait_redis_up(true, DEADLINE).await;
+    // Shared again, on the restarted (empty) Redis: A's own budget is spent, yet it admits …
+    assert_eq!(ask(&a.address, ME, "hi").await.status, 200);
+    // … and B's own is full, yet it refuses what A spent.
+    wait_tokens_left(&b.address, ME, 0).await;
+    assert!(refused_for_tokens(&ask(&b.address, ME, "hi").await));
+    assert_eq!(mock.request_count(), 3);
 }
 
 crate::both_stores! {
