@@ -33,6 +33,8 @@ pub const TOKENS_SPENT: &str = "llm_stream_tokens_total";
 /// Upstream responses, by `upstream` (`primary`, `fallback`) and `status`: the HTTP status, or
 /// `error` when no response came.
 pub const UPSTREAM: &str = "llm_stream_upstream_responses_total";
+/// HTTP/2 connections open to an upstream, by `upstream` (gauge).
+pub const UPSTREAM_CONNECTIONS: &str = "llm_stream_upstream_http2_connections";
 /// With a fallback: 1 while an upstream's breaker is open, by `upstream` (gauge).
 pub const BREAKER_OPEN: &str = "llm_stream_upstream_breaker_open";
 /// Questions moved to the fallback, by `reason`: the primary's in-band error code, or
@@ -104,6 +106,10 @@ fn install() -> PrometheusHandle {
     describe_counter!(
         UPSTREAM,
         "Upstream responses, by upstream and HTTP status (error: none came)."
+    );
+    describe_gauge!(
+        UPSTREAM_CONNECTIONS,
+        "HTTP/2 connections open to an upstream, by upstream."
     );
     describe_gauge!(
         BREAKER_OPEN,
@@ -190,6 +196,11 @@ pub fn upstream_response<E>(upstream: &'static str, sent: &Result<reqwest::Respo
 }
 
 /// An upstream's breaker opened or closed.
+/// An HTTP/2 connection to `upstream` opened (`1.0`) or ended (`-1.0`).
+pub fn upstream_connection(upstream: &'static str, change: f64) {
+    gauge!(UPSTREAM_CONNECTIONS, "upstream" => upstream).increment(change);
+}
+
 pub fn breaker_open(upstream: &'static str, open: bool) {
     gauge!(BREAKER_OPEN, "upstream" => upstream).set(if open { 1.0 } else { 0.0 });
 }

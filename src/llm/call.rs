@@ -62,9 +62,12 @@ impl Upstream {
             .http1_only()
             .build()?;
         let http2 = match config.llm_http2 {
-            Http2Mode::Auto => {
-                Http2::for_upstream(base, config.upstream_connect_timeout, user_agent)
-            }
+            Http2Mode::Auto => Http2::for_upstream(
+                role.name(),
+                base,
+                config.upstream_connect_timeout,
+                user_agent,
+            ),
             Http2Mode::Off => None,
         };
         Ok(Self {

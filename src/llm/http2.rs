@@ -62,6 +62,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTP/2 connections to one upstream's origin.
 pub struct Http2 {
+    /// Which upstream, for the connections' gauge.
+    upstream: &'static str,
     origin: Origin,
     tls: TlsConnector,
     connect_timeout: Duration,
@@ -124,7 +126,12 @@ pub enum Sent {
 impl Http2 {
     /// HTTP/2 to `base`'s origin, when it is HTTPS and no proxy is set (a proxy is reqwest's to
     /// reach, over HTTP/1.1).
-    pub fn for_upstream(base: &Url, connect_timeout: Duration, user_agent: &str) -> Option<Self> {
+    pub fn for_upstream(
+        upstream: &'static str,
+        base: &Url,
+        connect_timeout: Duration,
+        user_agent: &str,
+    ) -> Option<Self> {
         if base.scheme() != "https" || proxy_set() {
             return None;
         }
@@ -148,6 +155,7 @@ impl Http2 {
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Some(Self {
+            upstream,
             origin: Origin {
                 host: host.to_owned(),
                 port: base.port_or_known_default()?,
@@ -272,7 +280,7 @@ impl Http2 {
             .await?;
         let driven = Arc::new(Mutex::new(Box::pin(connection)));
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(drive(driven.clone(), closed.clone()));
+        tokio::spawn(drive(driven.clone(), closed.clone(), self.upstream));
         let connection = Arc::new(Connection {
             send,
             streams: AtomicUsize::new(0),
@@ -333,7 +341,8 @@ impl Drop for Ticket {
 }
 
 /// Runs the connection until it ends.
-async fn drive(driven: Arc<Mutex<Driven>>, closed: Arc<AtomicBool>) {
+async fn drive(driven: Arc<Mutex<Driven>>, closed: Arc<AtomicBool>, upstream: &'static str) {
+    crate::metrics::upstream_connection(upstream, 1.0);
     let ended = std::future::poll_fn(|cx| {
         driven
             .lock()
@@ -343,6 +352,7 @@ async fn drive(driven: Arc<Mutex<Driven>>, closed: Arc<AtomicBool>) {
     })
     .await;
     closed.store(true, Ordering::Relaxed);
+    crate::metrics::upstream_connection(upstream, -1.0);
     if let Err(error) = ended {
         tracing::debug!(%error, "an HTTP/2 connection to the upstream ended");
     }
