@@ -171,22 +171,23 @@ impl Table {
         self.push(row);
     }
 
-    /// Commands Redis ran for one column's streams of a phase, per token and per stream.
-    pub fn redis_commands(
-        &mut self,
-        figure: &str,
-        col: Col,
-        (commands, tokens, streams): (u64, usize, usize),
-    ) {
+    /// Commands Redis ran for each Redis column's streams of a phase (commands, tokens,
+    /// streams), per token and per stream.
+    pub fn redis_commands(&mut self, figure: &str, runs: &[(Col, (u64, usize, usize))]) {
+        if runs.is_empty() {
+            return;
+        }
         let mut row = Row::new(figure);
-        row.set(
-            col,
-            format!(
-                "{:.3} per token ({:.1} per stream; {commands} commands, {tokens} tokens)",
-                commands as f64 / tokens.max(1) as f64,
-                commands as f64 / streams.max(1) as f64
-            ),
-        );
+        for (col, (commands, tokens, streams)) in runs {
+            row.set(
+                *col,
+                format!(
+                    "{:.3} per token ({:.1} per stream; {commands} commands, {tokens} tokens)",
+                    *commands as f64 / (*tokens).max(1) as f64,
+                    *commands as f64 / (*streams).max(1) as f64
+                ),
+            );
+        }
         self.push(row);
     }
 

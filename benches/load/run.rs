@@ -176,9 +176,7 @@ pub async fn run() {
             &cpu,
             &redis_cpu,
         );
-        for (col, counts) in commands {
-            table.redis_commands("Redis commands per token, paced", col, counts);
-        }
+        table.redis_commands("Redis commands per token, paced", &commands);
     }
     if part("saturated") {
         let (mut cpu, mut redis_cpu, mut commands) = (Vec::new(), Vec::new(), Vec::new());
@@ -206,9 +204,7 @@ pub async fn run() {
             &cpu,
             &redis_cpu,
         );
-        for (col, counts) in commands {
-            table.redis_commands("Redis commands per token, saturated", col, counts);
-        }
+        table.redis_commands("Redis commands per token, saturated", &commands);
     }
     if part("cancellation") {
         let through = hold::cancellation(&mock, subjects[0].target, 1_000_000).await;
