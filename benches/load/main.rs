@@ -21,8 +21,8 @@
 //! HTTP/2 (the default), llm-stream with LLM_HTTP2=off (HTTP/1.1 over TLS) and nginx over HTTPS
 //! (HTTP/1.1). It measures time to first token with warm connections (20 streams, beside this
 //! tree's llm-stream and the mock over plain HTTP for reference), CPU per million paced tokens
-//! (100 streams), and, last, memory per held stream, each with the upstream TLS connections the
-//! column opened, by protocol. LOAD_H2_STREAMS sets the mock's SETTINGS_MAX_CONCURRENT_STREAMS
+//! (100 streams, after a warm-up of 100 that opens their connections), and, last, memory per held
+//! stream, each with the upstream TLS connections the column opened, by protocol. LOAD_H2_STREAMS sets the mock's SETTINGS_MAX_CONCURRENT_STREAMS
 //! (100 unless).
 //!
 //! For profiling: LOAD_ONLY=latency,paced,saturated,cancellation,memory,https runs some parts
