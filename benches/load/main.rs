@@ -11,6 +11,20 @@
 //! LOAD_FALLBACK=1 adds a column: llm-stream whose primary refuses connections, with the mock as
 //! its fallback and the primary's breaker open.
 //!
+//! LOAD_BUDGET=1 adds two columns to the latency and paced parts (issue 20): llm-stream with a
+//! TOKEN_BUDGET that never runs out in a run (10^9 tokens a day, the most it takes), kept in the
+//! process, and the same with REDIS_URL (redis-server's CPU and commands counted as for the Redis
+//! column).
+//!
+//! The `https` part (issue 22) puts a TLS mock (ALPN `h2` and `http/1.1`; h2's own server, one
+//! token per DATA frame, when the client picks `h2`) behind three columns: llm-stream over
+//! HTTP/2 (the default), llm-stream with LLM_HTTP2=off (HTTP/1.1 over TLS) and nginx over HTTPS
+//! (HTTP/1.1). It measures time to first token with warm connections (20 streams, beside this
+//! tree's llm-stream and the mock over plain HTTP for reference), CPU per million paced tokens
+//! (100 streams, after a warm-up of 100 that opens their connections), and, last, memory per held
+//! stream, each with the upstream TLS connections the column opened, by protocol. LOAD_H2_STREAMS sets the mock's SETTINGS_MAX_CONCURRENT_STREAMS
+//! (100 unless).
+//!
 //! For profiling: LOAD_ONLY=latency,paced,saturated,cancellation,memory,https runs some parts
 //! (`cpu` is paced and saturated), LOAD_MAX_STREAMS caps the held streams, LOAD_SERVER_PREFIX runs
 //! the server under a tool that keeps it in its own process, e.g. "valgrind --tool=callgrind"
@@ -26,6 +40,7 @@ mod certs;
 mod chunked;
 mod client;
 mod hold;
+mod https;
 mod mock;
 mod nginx;
 mod phases;
@@ -36,6 +51,7 @@ mod run;
 mod server;
 mod table;
 mod tls;
+mod turns;
 
 use std::process::{Command, ExitCode};
 

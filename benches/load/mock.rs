@@ -2,12 +2,24 @@
 //! own script in the question (`scn.<tokens>.<gap µs>.<id>`, found anywhere in the request), so
 //! the same mock answers llm-stream's POSTs and the bench's direct GETs alike. Every token is one
 //! SSE event in one chunk in one write, paced or as fast as the reader takes them, as real APIs
-//! send them. It records when each scripted connection was seen closed by its client.
+//! send them. It records when each scripted connection was seen closed by its client. Over TLS it
+//! offers ALPN `h2` and `http/1.1`: a client that picks `h2` (llm-stream) is served by `http2`,
+//! one token per DATA frame; any other (nginx offers no ALPN) gets the HTTP/1.1 answer below. It
+//! counts the connections it accepted, by protocol, so that the table can say how many upstream
+//! connections each column used.
+
+mod http2;
+
+pub use http2::max_streams as max_h2_streams;
 
 use std::{
     collections::HashMap,
+    fmt,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -64,10 +76,56 @@ struct Seen {
     opened: HashMap<u64, Instant>,
 }
 
+/// Connections accepted (after the TLS handshake, over TLS), by the protocol they speak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accepted {
+    pub h2: usize,
+    pub http1: usize,
+}
+
+impl Accepted {
+    /// Those accepted since `before`.
+    pub fn since(self, before: Accepted) -> Accepted {
+        Accepted {
+            h2: self.h2.saturating_sub(before.h2),
+            http1: self.http1.saturating_sub(before.http1),
+        }
+    }
+
+    pub fn total(self) -> usize {
+        self.h2 + self.http1
+    }
+}
+
+impl std::ops::AddAssign for Accepted {
+    fn add_assign(&mut self, other: Accepted) {
+        self.h2 += other.h2;
+        self.http1 += other.http1;
+    }
+}
+
+impl fmt::Display for Accepted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.h2, self.http1) {
+            (0, 0) => write!(f, "0"),
+            (h2, 0) => write!(f, "{h2} h2"),
+            (0, http1) => write!(f, "{http1} HTTP/1.1"),
+            (h2, http1) => write!(f, "{h2} h2 + {http1} HTTP/1.1"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    h2: AtomicUsize,
+    http1: AtomicUsize,
+}
+
 #[derive(Clone)]
 pub struct Mock {
     pub address: SocketAddr,
     seen: Arc<Mutex<Seen>>,
+    accepted: Arc<Counts>,
 }
 
 impl Mock {
@@ -80,6 +138,7 @@ impl Mock {
         let mock = Self {
             address: listener.local_addr().unwrap(),
             seen: Arc::default(),
+            accepted: Arc::default(),
         };
         let server = mock.clone();
         tokio::spawn(async move {
@@ -90,12 +149,18 @@ impl Mock {
                         let server = server.clone();
                         match &tls {
                             None => {
+                                server.accepted.http1.fetch_add(1, Ordering::Relaxed);
                                 tokio::spawn(server.serve(socket));
                             }
                             Some(tls) => {
                                 let accept = tls.accept(socket);
                                 tokio::spawn(async move {
-                                    if let Ok(stream) = accept.await {
+                                    let Ok(stream) = accept.await else { return };
+                                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                        server.accepted.h2.fetch_add(1, Ordering::Relaxed);
+                                        server.serve_h2(stream).await;
+                                    } else {
+                                        server.accepted.http1.fetch_add(1, Ordering::Relaxed);
                                         server.serve(stream).await;
                                     }
                                 });
@@ -110,6 +175,14 @@ impl Mock {
             }
         });
         mock
+    }
+
+    /// The connections accepted so far, by protocol.
+    pub fn accepted(&self) -> Accepted {
+        Accepted {
+            h2: self.accepted.h2.load(Ordering::Relaxed),
+            http1: self.accepted.http1.load(Ordering::Relaxed),
+        }
     }
 
     /// When the connection of stream `id` was seen closed, if it was.

@@ -56,7 +56,32 @@ impl Table {
                 );
             }
             let mut targets = Vec::new();
-            if let Some(today) = find(runs, Col::Today) {
+            if let Some(http2) = find(runs, Col::Http2) {
+                // Issue 22: over HTTPS with warm connections, no more added than over plain HTTP,
+                // and a p99 no more than twice nginx's.
+                if first {
+                    if let Some(plain) = find(runs, Col::Today) {
+                        targets.push(verdict(
+                            &format!(
+                                "issue 22, HTTP/2 added ≤ plain HTTP's ({:+.3} ms)",
+                                added(plain)
+                            ),
+                            added(http2) <= added(plain),
+                        ));
+                    }
+                    if let Some(nginx) = find(runs, Col::NginxHttps)
+                        && q > 0.5
+                    {
+                        targets.push(verdict(
+                            &format!(
+                                "issue 22, HTTP/2 p99 added ≤ 2 × nginx HTTPS's ({:+.3} ms)",
+                                added(nginx)
+                            ),
+                            added(http2) <= 2.0 * added(nginx),
+                        ));
+                    }
+                }
+            } else if let Some(today) = find(runs, Col::Today) {
                 if first {
                     if let Some(before) = find(runs, Col::Before) {
                         targets.push(verdict(
@@ -95,8 +120,8 @@ impl Table {
         }
     }
 
-    /// CPU seconds per million tokens; the Redis column adds redis-server's own CPU.
-    pub fn cpu(&mut self, figure: &str, runs: &[(Col, CpuUse)], redis_server: Option<Duration>) {
+    /// CPU seconds per million tokens; the columns on Redis add redis-server's own CPU.
+    pub fn cpu(&mut self, figure: &str, runs: &[(Col, CpuUse)], redis_server: &[(Col, Duration)]) {
         let mut row = Row::new(figure);
         for (col, run) in runs {
             let mut cell = format!(
@@ -112,9 +137,7 @@ impl Table {
                 );
             }
             cell += ")";
-            if *col == Col::Redis
-                && let Some(redis) = redis_server
-            {
+            if let Some(redis) = find(redis_server, *col) {
                 cell += &format!(
                     " + redis-server {:.1} s",
                     redis.as_secs_f64() / run.tokens.max(1) as f64 * 1e6
@@ -138,21 +161,33 @@ impl Table {
                 ));
             }
         }
+        if let (Some(http2), Some(nginx)) = (find(runs, Col::Http2), find(runs, Col::NginxHttps)) {
+            targets.push(verdict(
+                "issue 22, HTTP/2 ≤ nginx HTTPS",
+                http2.per_million() <= nginx.per_million(),
+            ));
+        }
         row.target = targets.join("; ");
         self.push(row);
     }
 
-    /// Commands Redis ran for the streams of a phase, per token and per stream.
-    pub fn redis_commands(&mut self, figure: &str, commands: u64, tokens: usize, streams: usize) {
+    /// Commands Redis ran for each Redis column's streams of a phase (commands, tokens,
+    /// streams), per token and per stream.
+    pub fn redis_commands(&mut self, figure: &str, runs: &[(Col, (u64, usize, usize))]) {
+        if runs.is_empty() {
+            return;
+        }
         let mut row = Row::new(figure);
-        row.set(
-            Col::Redis,
-            format!(
-                "{:.3} per token ({:.1} per stream; {commands} commands, {tokens} tokens)",
-                commands as f64 / tokens.max(1) as f64,
-                commands as f64 / streams.max(1) as f64
-            ),
-        );
+        for (col, (commands, tokens, streams)) in runs {
+            row.set(
+                *col,
+                format!(
+                    "{:.3} per token ({:.1} per stream; {commands} commands, {tokens} tokens)",
+                    *commands as f64 / (*tokens).max(1) as f64,
+                    *commands as f64 / (*streams).max(1) as f64
+                ),
+            );
+        }
         self.push(row);
     }
 
@@ -236,6 +271,32 @@ impl Table {
                 "issue 13, ≤ nginx",
                 today.per_stream_kib() <= nginx.per_stream_kib(),
             );
+        }
+        if let (Some(http2), Some(nginx)) = (find(runs, Col::Http2), find(runs, Col::NginxHttps)) {
+            row.target = verdict(
+                &format!(
+                    "issue 22, HTTP/2 ≤ half of nginx HTTPS ({:.1} KiB)",
+                    nginx.per_stream_kib() / 2.0
+                ),
+                http2.per_stream_kib() <= nginx.per_stream_kib() / 2.0,
+            );
+        }
+        self.push(row);
+    }
+
+    /// Upstream connections each column used (the cells say over which phases), and a target.
+    pub fn connections(
+        &mut self,
+        figure: &str,
+        cells: Vec<(Col, String)>,
+        target: Option<(String, bool)>,
+    ) {
+        let mut row = Row::new(figure);
+        for (col, cell) in cells {
+            row.set(col, cell);
+        }
+        if let Some((target, met)) = target {
+            row.target = verdict(&target, met);
         }
         self.push(row);
     }

@@ -1,81 +1,29 @@
 //! One run: starts every process, measures each part through every column, fills the table.
 
-use std::{
-    future::Future,
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
 use crate::{
     BENCH_CORE, SERVER_CORE,
     client::Target,
     hold::{self, Memory},
+    https::Https,
     mock::Mock,
     nginx::Nginx,
-    phases::{self, Merge},
+    phases,
     redis::Redis,
     relay::Relay,
-    rows::CpuUse,
-    server::{Launch, Server, cpu_of},
+    server::{Launch, Server},
     table::{Col, Table},
-    tls::{self, Certs},
+    turns::{Meters, Subject, interleaved},
 };
-
-/// One column: where its streams go and whose CPU they cost.
-struct Subject {
-    col: Col,
-    target: Target,
-    /// The process between client and mock (none for the mock itself).
-    pid: Option<u32>,
-}
-
-/// What a phase cost one subject (and, for the Redis column, redis-server).
-#[derive(Default)]
-struct Cost {
-    user: Duration,
-    system: Duration,
-    redis_cpu: Duration,
-    redis_commands: u64,
-}
-
-/// Runs `work`, reading the subject's CPU (and Redis's, for the Redis column) around it.
-async fn costed<T>(
-    subject: &Subject,
-    redis: Option<&Redis>,
-    work: impl Future<Output = T>,
-) -> (T, Cost) {
-    let redis = redis.filter(|_| subject.col == Col::Redis);
-    let cpu = || subject.pid.map(cpu_of).unwrap_or_default();
-    let redis_cpu = || redis.map_or(Duration::ZERO, |r| sum(cpu_of(r.pid())));
-    let commands = || redis.map_or(0, Redis::commands);
-    let (before, redis_before, commands_before) = (cpu(), redis_cpu(), commands());
-    let out = work.await;
-    let (after, redis_after, commands_after) = (cpu(), redis_cpu(), commands());
-    let cost = Cost {
-        user: after.0.saturating_sub(before.0),
-        system: after.1.saturating_sub(before.1),
-        redis_cpu: redis_after.saturating_sub(redis_before),
-        // Less the INFO that read the figure before.
-        redis_commands: commands_after.saturating_sub(commands_before + 1),
-    };
-    (out, cost)
-}
-
-impl Cost {
-    fn add(&mut self, other: &Cost) {
-        self.user += other.user;
-        self.system += other.system;
-        self.redis_cpu += other.redis_cpu;
-        self.redis_commands += other.redis_commands;
-    }
-}
-
-fn sum((user, system): (Duration, Duration)) -> Duration {
-    user + system
-}
 
 fn env_on(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
+
+/// TOKEN_BUDGET for the budget columns: the most it takes (10^9 tokens a day), which a run never
+/// spends, so that every question pays the budget's bookkeeping and none is refused.
+const NEVER_SPENT: &str = "1000000000";
 
 pub async fn run() {
     let started = Instant::now();
@@ -100,13 +48,26 @@ pub async fn run() {
         )
     });
     let redis = Redis::start(BENCH_CORE);
-    let with_redis = Server::start(
-        SERVER_CORE,
-        Launch {
-            env: vec![("REDIS_URL", redis.url())],
-            ..Launch::plain(mock.address)
-        },
-    );
+    let with_env = |env: Vec<(&'static str, String)>| {
+        Server::start(
+            SERVER_CORE,
+            Launch {
+                env,
+                ..Launch::plain(mock.address)
+            },
+        )
+    };
+    let with_redis = with_env(vec![("REDIS_URL", redis.url())]);
+    // LOAD_BUDGET=1 (issue 20): a token budget that never runs out, kept in the process and on Redis.
+    let budget = env_on("LOAD_BUDGET").map(|_| {
+        (
+            with_env(vec![("TOKEN_BUDGET", NEVER_SPENT.to_owned())]),
+            with_env(vec![
+                ("TOKEN_BUDGET", NEVER_SPENT.to_owned()),
+                ("REDIS_URL", redis.url()),
+            ]),
+        )
+    });
     // LOAD_FALLBACK=1: a primary that refuses connections, the mock as the fallback; the warm-up's
     // first failures open the primary's breaker, and it stays open for the run.
     let fallback = env_on("LOAD_FALLBACK").map(|_| {
@@ -131,31 +92,19 @@ pub async fn run() {
     });
     let nginx = Nginx::start(SERVER_CORE, mock.address, None, "timed");
     let relay = Relay::start(SERVER_CORE, mock.address);
-    let mut subjects = vec![Subject {
-        col: Col::Today,
-        target: Target::Server(server.address),
-        pid: Some(server.pid()),
-    }];
+    let mut subjects = vec![Subject::server(Col::Today, &server)];
     if let Some(before) = &before {
-        subjects.push(Subject {
-            col: Col::Before,
-            target: Target::Server(before.address),
-            pid: Some(before.pid()),
-        });
+        subjects.push(Subject::server(Col::Before, before));
     }
     if let Some(fallback) = &fallback {
-        subjects.push(Subject {
-            col: Col::Fallback,
-            target: Target::Server(fallback.address),
-            pid: Some(fallback.pid()),
-        });
+        subjects.push(Subject::server(Col::Fallback, fallback));
+    }
+    subjects.push(Subject::server(Col::Redis, &with_redis));
+    if let Some((embedded, on_redis)) = &budget {
+        subjects.push(Subject::server(Col::Budget, embedded));
+        subjects.push(Subject::server(Col::BudgetRedis, on_redis));
     }
     subjects.extend([
-        Subject {
-            col: Col::Redis,
-            target: Target::Server(with_redis.address),
-            pid: Some(with_redis.pid()),
-        },
         Subject {
             col: Col::Nginx,
             target: Target::Mock(nginx.address),
@@ -173,14 +122,19 @@ pub async fn run() {
         },
     ]);
     eprintln!(
-        "load bench: llm-stream {}, before durable answers {:?}, with Redis {} (redis-server {}), nginx {}, relay {} on core {SERVER_CORE}; mock and clients on core {BENCH_CORE}",
+        "load bench: llm-stream {}, before durable answers {:?}, with Redis {} (redis-server {}), with a token budget {:?}, nginx {}, relay {} on core {SERVER_CORE}; mock and clients on core {BENCH_CORE}",
         server.pid(),
         before.as_ref().map(Server::pid),
         with_redis.pid(),
         redis.pid(),
+        budget.as_ref().map(|(e, r)| (e.pid(), r.pid())),
         nginx.pid(),
         relay.pid()
     );
+    let meters = Meters {
+        redis: &redis,
+        upstream: &mock,
+    };
 
     // Warm up: connections, the allocator, lazy statics, Redis's scripts.
     for s in &subjects {
@@ -190,7 +144,7 @@ pub async fn run() {
     let mut table = Table::default();
     if part("latency") {
         let all: Vec<&Subject> = subjects.iter().collect();
-        let runs = interleaved(&all, &redis, |s| phases::latency(s.target, 20, 5, 30))
+        let runs = interleaved(&all, &meters, |s| phases::latency(s.target, 20, 5, 30))
             .await
             .into_iter()
             .map(|(col, run, _)| (col, run))
@@ -199,18 +153,20 @@ pub async fn run() {
     }
     if part("paced") {
         const STREAMS: usize = 100;
-        let (mut runs, mut cpu, mut redis_cpu) = (Vec::new(), Vec::new(), None);
-        let mut commands = None;
+        let (mut runs, mut cpu, mut redis_cpu, mut commands) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let all: Vec<&Subject> = subjects.iter().collect();
-        let measured =
-            interleaved(&all, &redis, |s| phases::latency(s.target, STREAMS, 2, 100)).await;
+        let measured = interleaved(&all, &meters, |s| {
+            phases::latency(s.target, STREAMS, 2, 100)
+        })
+        .await;
         for (s, (_, run, cost)) in subjects.iter().zip(measured) {
             if s.pid.is_some() {
-                cpu.push((s.col, cpu_use(&cost, run.tokens, None)));
+                cpu.push((s.col, cost.cpu_use(run.tokens, None)));
             }
-            if s.col == Col::Redis {
-                redis_cpu = Some(cost.redis_cpu);
-                commands = Some((cost.redis_commands, run.tokens, run.streams));
+            if s.col.uses_redis() {
+                redis_cpu.push((s.col, cost.redis_cpu));
+                commands.push((s.col, (cost.redis_commands, run.tokens, run.streams)));
             }
             runs.push((s.col, run));
         }
@@ -218,16 +174,18 @@ pub async fn run() {
         table.cpu(
             "CPU seconds per million tokens, 100 streams paced at a token every 10 ms (one token per upstream write)",
             &cpu,
-            redis_cpu,
+            &redis_cpu,
         );
-        if let Some((commands, tokens, streams)) = commands {
-            table.redis_commands("Redis commands per token, paced", commands, tokens, streams);
-        }
+        table.redis_commands("Redis commands per token, paced", &commands);
     }
     if part("saturated") {
-        let (mut cpu, mut redis_cpu, mut commands) = (Vec::new(), None, None);
-        let relaying: Vec<&Subject> = subjects.iter().filter(|s| s.pid.is_some()).collect();
-        let measured = interleaved(&relaying, &redis, |s| phases::saturated(s.target)).await;
+        let (mut cpu, mut redis_cpu, mut commands) = (Vec::new(), Vec::new(), Vec::new());
+        // The budget columns are for the latency and paced parts (issue 20's figures).
+        let relaying: Vec<&Subject> = subjects
+            .iter()
+            .filter(|s| s.pid.is_some() && !matches!(s.col, Col::Budget | Col::BudgetRedis))
+            .collect();
+        let measured = interleaved(&relaying, &meters, |s| phases::saturated(s.target)).await;
         for (s, (_, run, cost)) in relaying.iter().zip(measured) {
             if run.failed > 0 {
                 table.notes.push(format!(
@@ -235,25 +193,18 @@ pub async fn run() {
                     run.failed, s.col
                 ));
             }
-            if s.col == Col::Redis {
-                redis_cpu = Some(cost.redis_cpu);
-                commands = Some((cost.redis_commands, run.tokens, run.tokens / 2_000));
+            if s.col.uses_redis() {
+                redis_cpu.push((s.col, cost.redis_cpu));
+                commands.push((s.col, (cost.redis_commands, run.tokens, run.tokens / 2_000)));
             }
-            cpu.push((s.col, cpu_use(&cost, run.tokens, Some(run.wall))));
+            cpu.push((s.col, cost.cpu_use(run.tokens, Some(run.wall))));
         }
         table.cpu(
             "CPU seconds per million tokens, 50 streams as fast as the server goes (one token per upstream write)",
             &cpu,
-            redis_cpu,
+            &redis_cpu,
         );
-        if let Some((commands, tokens, streams)) = commands {
-            table.redis_commands(
-                "Redis commands per token, saturated",
-                commands,
-                tokens,
-                streams,
-            );
-        }
+        table.redis_commands("Redis commands per token, saturated", &commands);
     }
     if part("cancellation") {
         let through = hold::cancellation(&mock, subjects[0].target, 1_000_000).await;
@@ -265,16 +216,34 @@ pub async fn run() {
         let straight = hold::cancellation(&mock, Target::Mock(mock.address), 2_000_000).await;
         table.cancellation(&through, earlier.as_ref(), &straight);
     }
+    let https = if part("https") {
+        Some(Https::start().await)
+    } else {
+        None
+    };
+    if let Some(https) = &https {
+        let plain: Vec<&Subject> = subjects
+            .iter()
+            .filter(|s| matches!(s.col, Col::Today | Col::Mock))
+            .collect();
+        https.timed(&plain, &redis, &mut table).await;
+    }
     for (name, s) in [("llm-stream", &server), ("with Redis", &with_redis)]
         .into_iter()
         .chain(before.as_ref().map(|b| ("before durable answers", b)))
+        .chain(budget.iter().flat_map(|(e, r)| {
+            [
+                ("with a token budget", e),
+                ("with a token budget on Redis", r),
+            ]
+        }))
     {
         if !s.is_running() {
             eprintln!("{name} stopped during the run; its last lines:");
             s.log_tail().iter().for_each(|l| eprintln!("  {l}"));
         }
     }
-    drop((server, before, with_redis, fallback, nginx, relay));
+    drop((server, before, with_redis, budget, fallback, nginx, relay));
 
     // Last: holding thousands of streams leaves heaps and the kernel's socket tables larger,
     // which would disturb the timings above. Each figure is a fresh process's.
@@ -286,59 +255,14 @@ pub async fn run() {
             &plain,
         );
     }
-    if part("https") {
-        let certs = Certs::make();
-        let tls_mock = Mock::start(Some(tls::acceptor(&certs))).await;
-        table.memory(
-            "resident memory per held stream, HTTPS upstream (1 token/s)",
-            &held_https(&tls_mock, &certs).await,
-        );
+    if let Some(https) = &https {
+        https.held(&mut table).await;
     }
     eprintln!(
         "load bench: done in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     table.print();
-}
-
-/// How many times each column runs a timed part, taking turns with the others.
-const TURNS: usize = 3;
-
-/// Runs `phase` through every subject [`TURNS`] times, the columns taking turns (in an order that
-/// rotates), so that a noisy moment of the shared machine falls on every column alike rather than
-/// on whichever ran then; returns each column's runs merged and its costs summed.
-async fn interleaved<T, F, Fut>(
-    subjects: &[&Subject],
-    redis: &Redis,
-    phase: F,
-) -> Vec<(Col, T, Cost)>
-where
-    T: Merge,
-    F: Fn(&Subject) -> Fut,
-    Fut: Future<Output = T>,
-{
-    let mut merged: Vec<(Col, T, Cost)> = subjects
-        .iter()
-        .map(|s| (s.col, T::default(), Cost::default()))
-        .collect();
-    for turn in 0..TURNS {
-        for i in 0..subjects.len() {
-            let i = (i + turn) % subjects.len();
-            let (run, cost) = costed(subjects[i], Some(redis), phase(subjects[i])).await;
-            merged[i].1.merge(run);
-            merged[i].2.add(&cost);
-        }
-    }
-    merged
-}
-
-fn cpu_use(cost: &Cost, tokens: usize, wall: Option<Duration>) -> CpuUse {
-    CpuUse {
-        user: cost.user,
-        system: cost.system,
-        tokens,
-        wall,
-    }
 }
 
 /// Streams held through fresh llm-stream, nginx and relay processes in front of the plain mock.
@@ -356,26 +280,5 @@ async fn held_plain(mock: &Mock) -> Vec<(Col, Memory)> {
     let relay = Relay::start(SERVER_CORE, mock.address);
     let via = Target::Mock(relay.address);
     runs.push((Col::Relay, hold::memory(relay.pid(), via, wanted).await));
-    runs
-}
-
-/// Streams held through fresh llm-stream and nginx processes in front of the HTTPS mock.
-async fn held_https(mock: &Mock, certs: &Certs) -> Vec<(Col, Memory)> {
-    let wanted = hold::streams_to_hold();
-    let mut runs = Vec::new();
-    let server = Server::start(
-        SERVER_CORE,
-        Launch {
-            binary: None,
-            upstream: format!("https://{}/v1", mock.address),
-            env: vec![("SSL_CERT_FILE", certs.authority.display().to_string())],
-        },
-    );
-    let via = Target::Server(server.address);
-    runs.push((Col::Today, hold::memory(server.pid(), via, wanted).await));
-    drop(server);
-    let nginx = Nginx::start(SERVER_CORE, mock.address, Some(certs), "https");
-    let via = Target::Mock(nginx.address);
-    runs.push((Col::Nginx, hold::memory(nginx.pid(), via, wanted).await));
     runs
 }

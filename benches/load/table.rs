@@ -13,6 +13,11 @@ pub enum Col {
     Before,
     /// Through this tree's llm-stream with REDIS_URL.
     Redis,
+    /// Through this tree's llm-stream with a TOKEN_BUDGET that never runs out, kept in the process
+    /// (LOAD_BUDGET=1).
+    Budget,
+    /// The same budget on Redis: REDIS_URL and TOKEN_BUDGET (LOAD_BUDGET=1).
+    BudgetRedis,
     /// Through this tree's llm-stream whose primary refuses connections, its breaker open: the
     /// fallback (the mock) answers (LOAD_FALLBACK=1).
     Fallback,
@@ -20,17 +25,28 @@ pub enum Col {
     Nginx,
     /// Through the byte relay.
     Relay,
+    /// Through this tree's llm-stream to the HTTPS mock, over HTTP/2 (LLM_HTTP2=auto, the default).
+    Http2,
+    /// Through this tree's llm-stream to the HTTPS mock, over HTTP/1.1 (LLM_HTTP2=off).
+    Http1Tls,
+    /// Through nginx to the HTTPS mock (HTTP/1.1, as its proxy_pass speaks).
+    NginxHttps,
     /// Straight from the mock.
     Mock,
 }
 
-const COLS: [Col; 7] = [
+const COLS: [Col; 12] = [
     Col::Today,
     Col::Before,
     Col::Redis,
+    Col::Budget,
+    Col::BudgetRedis,
     Col::Fallback,
     Col::Nginx,
     Col::Relay,
+    Col::Http2,
+    Col::Http1Tls,
+    Col::NginxHttps,
     Col::Mock,
 ];
 
@@ -40,11 +56,21 @@ impl Col {
             Self::Today => "llm-stream",
             Self::Before => "before durable answers",
             Self::Redis => "llm-stream with REDIS_URL",
+            Self::Budget => "llm-stream with TOKEN_BUDGET",
+            Self::BudgetRedis => "llm-stream with TOKEN_BUDGET and REDIS_URL",
             Self::Fallback => "primary down, fallback answering (breaker open)",
             Self::Nginx => "nginx pass-through",
             Self::Relay => "byte relay",
+            Self::Http2 => "llm-stream HTTP/2",
+            Self::Http1Tls => "llm-stream HTTP/1.1 (LLM_HTTP2=off)",
+            Self::NginxHttps => "nginx HTTPS",
             Self::Mock => "straight from the mock",
         }
+    }
+
+    /// Whether its llm-stream keeps its state on Redis (so that redis-server's CPU is its too).
+    pub fn uses_redis(self) -> bool {
+        matches!(self, Self::Redis | Self::BudgetRedis)
     }
 }
 
@@ -57,7 +83,7 @@ pub struct Table {
 #[derive(Default)]
 pub(crate) struct Row {
     pub figure: String,
-    pub cells: [String; 7],
+    pub cells: [String; COLS.len()],
     pub target: String,
 }
 

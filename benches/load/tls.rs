@@ -1,5 +1,6 @@
 //! The HTTPS upstream's side of the throw-away certificate (made in `tests/api/certs.rs`): the mock
-//! serves it; nginx trusts its authority through `proxy_ssl_trusted_certificate`.
+//! serves it, offering ALPN `h2` then `http/1.1`; nginx trusts its authority through
+//! `proxy_ssl_trusted_certificate`, llm-stream through `SSL_CERT_FILE`.
 
 use std::sync::Arc;
 
@@ -21,11 +22,13 @@ pub fn acceptor(certs: &Certs) -> TlsAcceptor {
         .collect::<Result<_, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_file(&certs.key).unwrap();
-    let config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+    let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .unwrap();
+    // A client that offers no ALPN (nginx's proxy_pass) gets HTTP/1.1, as before.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     TlsAcceptor::from(Arc::new(config))
 }
