@@ -107,9 +107,15 @@ redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('ZADD', KEYS[3], expiry, ARGV[5])
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
 if reserve > 0 then
-  -- Reservations whose lease is gone (an instance died mid-answer) stay spent: forget them.
-  for _, lease in ipairs(redis.call('HKEYS', KEYS[5])) do
-    if not redis.call('ZSCORE', KEYS[2], lease) then redis.call('HDEL', KEYS[5], lease) end
+  -- Reservations whose lease is gone (an instance died mid-answer) stay spent: forget them,
+  -- looked for only when there are at least as many records as live leases (this new one has
+  -- none yet), which a stale record makes so once the leases it hid behind have ended; a look at
+  -- every question would cost a command for each of the client's open answers. A stale record
+  -- holds nothing of the budget, and goes with the hash when the client's last lease expires.
+  if redis.call('HLEN', KEYS[5]) >= redis.call('ZCARD', KEYS[2]) then
+    for _, lease in ipairs(redis.call('HKEYS', KEYS[5])) do
+      if not redis.call('ZSCORE', KEYS[2], lease) then redis.call('HDEL', KEYS[5], lease) end
+    end
   end
   if cap > 0 then
     ahead = ahead + ms(reserve, cap, win)
