@@ -241,7 +241,8 @@ impl Answers {
     /// not fit even with every finished answer evicted.
     fn make_room(&self, room: &mut usize, kept: usize) -> bool {
         let max = self.settings.max_bytes;
-        let wanted = kept.saturating_add(ROOM_STEP).min(max).max(kept);
+        let step = kept.clamp(ROOM_FIRST, ROOM_STEP);
+        let wanted = kept.saturating_add(step).min(max).max(kept);
         let mut registry = self.lock();
         registry.running_bytes = registry.running_bytes - *room + wanted;
         *room = wanted;
@@ -295,8 +296,11 @@ impl Answers {
     }
 }
 
-/// How much room a running answer takes in the store at a time: a few calls for a long answer,
-/// none per event.
+/// How much room a running answer takes in the store at a time: as much again as it holds, from
+/// 1 KiB up to 16 KiB, so a few calls for a long answer and none per event, while a short one
+/// holds about a kilobyte (at 16 KiB from the first token, RESUME_MAX_BYTES' 64 MiB held only
+/// 4 096 running answers, and the next ones were cut with `too_long` after one token).
+const ROOM_FIRST: usize = 1 << 10;
 const ROOM_STEP: usize = 16 << 10;
 
 /// A reader's own id, to tell readers of one answer apart (not a secret).

@@ -57,6 +57,31 @@ crate::both_stores! {
         assert_eq!(resume("second", second_event).await, 200, "kept");
     }
 
+    async fn many_short_running_answers_share_the_store_without_being_cut() {
+        // Twenty answers held open at once in a 64 KiB store: each holds a few hundred bytes, and
+        // takes about a kilobyte of room (it took 16 KiB, and the fifth was cut after one token).
+        let app = spawn_app_with(|c| {
+            c.resume_max_bytes = 64 << 10;
+            c.max_streams_per_client = 100;
+        })
+        .await;
+        app.mock.always(Reply::sse(openai::answer(
+            &["one ", "two ", "three "],
+            Duration::from_millis(300),
+        )));
+
+        let answers = futures_util::future::join_all((0..20).map(|i| {
+            let url = app.stream_url(&format!("short {i}"));
+            async move { SseReader::get(url, &[]).await.read_to_end().await }
+        }))
+        .await;
+
+        for answer in &answers {
+            assert!(answer.ended_with_done(), "{:?}", answer.error());
+            assert_eq!(answer.text(), "one two three ");
+        }
+    }
+
     async fn an_answer_larger_than_the_whole_store_is_cut_with_too_long() {
         let (app, text) = app_answering(100_000, 200).await;
 
