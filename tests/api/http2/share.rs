@@ -93,3 +93,31 @@ async fn with_llm_http2_off_an_upstream_offering_http2_gets_http1() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_fallback_upstream_over_https_gets_http2_too() {
+    let mock = MockH2::start(100).await;
+    let refusing = crate::mock_upstream::refusing_url();
+    let fallback = [
+        "--llm-fallback-base-url",
+        &mock.url,
+        "--llm-fallback-api-key",
+        "sk-fallback",
+        "--max-streams-per-client",
+        "100",
+    ];
+    let server = crate::redis::harness::Process::alone(&refusing, &mock.trust(), &fallback).await;
+
+    let questions: Vec<String> = (0..3).map(|i| format!("fb-{i} t20g50")).collect();
+    let answers = join_all(questions.iter().map(|q| ask(&server, q))).await;
+
+    for answer in &answers {
+        assert_eq!(answer.text(), text_of(20));
+        assert!(answer.ended_with_done());
+    }
+    assert_eq!(
+        mock.connections(),
+        ["h2"],
+        "three answers on one connection"
+    );
+}
