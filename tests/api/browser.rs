@@ -261,9 +261,22 @@ struct Driver {
 }
 
 impl Driver {
-    /// Starts chromedriver on a port it picks itself (no race for a free port), and waits until
-    /// its `/status` says it is ready.
+    /// Starts chromedriver on a port it picks itself, and waits until its `/status` says it is
+    /// ready. The port it picks is free on IPv6 and may be taken on IPv4 ("IPv4 port not
+    /// available. Exiting..."): then it is started again, up to five times.
     async fn start() -> Self {
+        for _ in 0..5 {
+            match Self::try_start().await {
+                Ok(driver) => return driver,
+                Err(output) if output.contains("port not available") => continue,
+                Err(output) => panic!("{CHROMEDRIVER} exited before it was ready:\n{output}"),
+            }
+        }
+        panic!("{CHROMEDRIVER} found no free port in five starts");
+    }
+
+    /// One start: the driver, or its output when it exited before it was ready.
+    async fn try_start() -> Result<Self, String> {
         let mut child = Command::new(CHROMEDRIVER)
             .arg("--port=0")
             .stdin(Stdio::null())
@@ -289,10 +302,9 @@ impl Driver {
                 break port;
             }
             if let Ok(Some(status)) = driver.child.try_wait() {
-                panic!(
-                    "{CHROMEDRIVER} exited ({status}) before it was ready:\n{}",
-                    driver.output()
-                );
+                // Its pipes may still hold its last lines.
+                std::thread::sleep(POLL);
+                return Err(format!("exited ({status})\n{}", driver.output()));
             }
             assert!(
                 started.elapsed() < DEADLINE,
@@ -309,7 +321,7 @@ impl Driver {
                 Err(_) => false,
             };
             if ready {
-                return driver;
+                return Ok(driver);
             }
             assert!(
                 started.elapsed() < DEADLINE,
