@@ -197,6 +197,17 @@ impl Mock {
             .count()
     }
 
+    /// Notes when a scripted stream (id > 0) reached the mock.
+    fn opened(&self, script: Script) {
+        if script.id > 0 {
+            self.seen
+                .lock()
+                .unwrap()
+                .opened
+                .insert(script.id, Instant::now());
+        }
+    }
+
     /// Answers requests on one connection until the client closes it or asks for `close`
     /// (llm-stream keeps its upstream connections alive, as it would with a real API).
     async fn serve(self, mut socket: impl AsyncRead + AsyncWrite + Unpin) {
@@ -205,13 +216,7 @@ impl Mock {
             let Some((script, close)) = read_request(&mut socket, &mut pending).await else {
                 return;
             };
-            if script.id > 0 {
-                self.seen
-                    .lock()
-                    .unwrap()
-                    .opened
-                    .insert(script.id, Instant::now());
-            }
+            self.opened(script);
             // None: the client closed first; else whether the answer was written.
             let written = {
                 let (mut reader, mut writer) = tokio::io::split(&mut socket);

@@ -163,9 +163,7 @@ impl Upstream {
         tracing::warn!(upstream, status = status.as_u16(), body = %body, "upstream refused the request");
         Err(failure)
     }
-}
 
-impl Upstream {
     /// Over HTTP/2 when the upstream speaks it, else over reqwest's HTTP/1.1 pool.
     async fn execute(
         &self,

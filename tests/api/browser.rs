@@ -289,8 +289,10 @@ impl Driver {
         // Keep both pipes drained for the driver's whole life, so it never blocks on a full one.
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        drain(stdout, output.clone(), Some(port_tx));
-        drain(stderr, output.clone(), None);
+        let drained = [
+            drain(stdout, output.clone(), Some(port_tx)),
+            drain(stderr, output.clone(), None),
+        ];
         let mut driver = Self {
             child,
             port: 0,
@@ -302,8 +304,13 @@ impl Driver {
                 break port;
             }
             if let Ok(Some(status)) = driver.child.try_wait() {
-                // Its pipes may still hold its last lines.
-                std::thread::sleep(POLL);
+                // Its last lines may still be in its pipes: until they are read to their end.
+                let until = Instant::now() + DEADLINE;
+                while !drained.iter().all(std::thread::JoinHandle::is_finished)
+                    && Instant::now() < until
+                {
+                    tokio::time::sleep(POLL).await;
+                }
                 return Err(format!("exited ({status})\n{}", driver.output()));
             }
             assert!(
@@ -375,7 +382,7 @@ fn drain(
     pipe: impl Read + Send + 'static,
     output: Arc<Mutex<Vec<String>>>,
     port: Option<mpsc::Sender<u16>>,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
             if let Some(port) = &port
@@ -390,5 +397,5 @@ fn drain(
                 lines.push(line);
             }
         }
-    });
+    })
 }

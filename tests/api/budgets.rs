@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use llm_stream::config::Config;
 
-use crate::helpers::{CLIENT, DEADLINE, TestApp};
+use crate::{
+    helpers::{DEADLINE, TestApp},
+    mock_upstream::{Reply, openai},
+};
 
 /// The system prompt every budget test sends: 9 characters.
 pub const SYSTEM: &str = "Be brief.";
@@ -84,13 +87,17 @@ pub async fn wait_tokens_left(address: &str, client: &str, want: u64) {
     panic!("{client} has {last} tokens left, not {want}");
 }
 
-/// POST the cancel of answer `id`.
-pub async fn cancel(address: &str, id: &str) -> u16 {
-    CLIENT
-        .post(format!("{address}/api/stream/{id}/cancel"))
-        .send()
-        .await
-        .expect("cancel")
-        .status()
-        .as_u16()
+/// An answer "ok" that reports 3 prompt and `completion` tokens of usage, ending with `reason`.
+pub fn costing(completion: u64, reason: &str) -> Reply {
+    costing_with("ok", completion, reason)
+}
+
+/// The same, of `text`.
+pub fn costing_with(text: &str, completion: u64, reason: &str) -> Reply {
+    Reply::sse(vec![
+        openai::token(text),
+        openai::finish(reason),
+        openai::usage(3, completion),
+        openai::done(),
+    ])
 }

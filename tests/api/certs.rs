@@ -1,12 +1,23 @@
 //! A throw-away certificate authority and a certificate for 127.0.0.1 and localhost, made with the
 //! openssl command line at run time: a client trusts the authority (llm-stream through
 //! `SSL_CERT_FILE`: reqwest's and redis-rs's rustls verifiers read the system's roots through
-//! rustls-native-certs, which takes that file instead when it is set). One file for the tests (a
-//! `rediss://` Redis) and the load bench (an HTTPS upstream), which includes it by path.
+//! rustls-native-certs, which takes that file instead when it is set), and a server serves it
+//! through [`Certs::acceptor`]. One file for the tests (a `rediss://` Redis, the HTTP/2 upstream)
+//! and the load bench (an HTTPS upstream), which includes it by path.
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::Arc,
+};
+
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        ServerConfig,
+        crypto::aws_lc_rs,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    },
 };
 
 pub struct Certs {
@@ -108,6 +119,27 @@ impl Certs {
             key: dir.join("key.pem"),
             dir,
         }
+    }
+}
+
+impl Certs {
+    /// The server's side: this certificate, offering the ALPN protocols `alpn`, in order (a
+    /// client that offers none gets none, so speaks HTTP/1.1).
+    pub fn acceptor(&self, alpn: &[&[u8]]) -> TlsAcceptor {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&self.key).unwrap();
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsAcceptor::from(Arc::new(config))
     }
 }
 

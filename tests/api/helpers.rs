@@ -272,6 +272,17 @@ impl Answer {
     }
 }
 
+/// POSTs the cancel of answer `id` at `address`; its status.
+pub async fn cancel(address: &str, id: &str) -> u16 {
+    CLIENT
+        .post(format!("{address}/api/stream/{id}/cancel"))
+        .send()
+        .await
+        .expect("cancel")
+        .status()
+        .as_u16()
+}
+
 /// A GET with these headers; its response head within the deadline.
 pub async fn get_with(url: String, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = CLIENT.get(url);

@@ -9,7 +9,7 @@ mod mock;
 mod share;
 
 use crate::{
-    helpers::{Answer, CLIENT, SseReader},
+    helpers::{Answer, SseReader},
     redis::harness::{Process, stream_url},
 };
 use mock::MockH2;
@@ -45,14 +45,4 @@ async fn ask(server: &Process, question: &str) -> Answer {
 /// The text of a whole answer of `tokens` tokens.
 fn text_of(tokens: usize) -> String {
     (0..tokens).map(|i| format!("tok{i} ")).collect()
-}
-
-async fn cancel(server: &Process, id: &str) -> u16 {
-    CLIENT
-        .post(format!("{}/api/stream/{id}/cancel", server.address))
-        .send()
-        .await
-        .expect("cancel")
-        .status()
-        .as_u16()
 }

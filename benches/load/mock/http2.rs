@@ -53,13 +53,7 @@ impl Mock {
             let _ = respond.send_response(refusal, true);
             return;
         };
-        if script.id > 0 {
-            self.seen
-                .lock()
-                .unwrap()
-                .opened
-                .insert(script.id, Instant::now());
-        }
+        self.opened(script);
         let head = http::Response::builder()
             .header("content-type", "text/event-stream")
             .body(())

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use super::{budget, cancel, prompt_estimate, tokens_left, wait_tokens_left};
+use super::{budget, prompt_estimate, tokens_left, wait_tokens_left};
 use crate::{
-    helpers::{SseReader, TestApp, spawn_app_with},
+    helpers::{SseReader, TestApp, cancel, spawn_app_with},
     mock_upstream::{End, Reply, Step, openai},
 };
 

@@ -6,23 +6,13 @@ use std::time::Duration;
 
 use llm_stream::config::{Config, ConfigExit};
 
-use super::{ask, budget, finish, max_tokens_sent, prompt_estimate, tokens_left};
+use super::{ask, budget, costing, finish, max_tokens_sent, prompt_estimate, tokens_left};
 use crate::{
     helpers::{SseReader, spawn_app_with, test_config},
     mock_upstream::{End, Reply, openai},
 };
 
 const ME: &str = "198.51.100.30";
-
-/// An answer that reports `completion` tokens of usage (and its 3 of prompt), ending with `reason`.
-fn costing(completion: u64, reason: &str) -> Reply {
-    Reply::sse(vec![
-        openai::token("ok"),
-        openai::finish(reason),
-        openai::usage(3, completion),
-        openai::done(),
-    ])
-}
 
 crate::both_stores! {
     async fn a_question_whose_worst_case_does_not_fit_gets_a_lower_max_tokens_and_ends_limited_by_the_budget() {

@@ -5,23 +5,13 @@
 
 use serde_json::Value;
 
-use super::{ask, budget, wait_tokens_left};
+use super::{ask, budget, costing, costing_with, wait_tokens_left};
 use crate::{
     helpers::{Answer, SseReader, get_with, spawn_app_with},
     mock_upstream::{End, Reply, openai},
 };
 
 const ME: &str = "198.51.100.60";
-
-/// An answer of `text` that reports 3 prompt and `completion` tokens of usage.
-fn costing(text: &str, completion: u64) -> Reply {
-    Reply::sse(vec![
-        openai::token(text),
-        openai::finish("stop"),
-        openai::usage(3, completion),
-        openai::done(),
-    ])
-}
 
 /// `url` with the query pairs `pairs`.
 fn with_pairs(url: &str, pairs: &[(&str, &str)]) -> String {
@@ -94,7 +84,7 @@ crate::both_stores! {
             c.rate_limit_burst = Some(10);
         })
         .await;
-        app.mock.always(costing("ok", 194));
+        app.mock.always(costing(194, "stop"));
         assert_eq!(ask(&app.address, ME, "hi").await.status, 200);
         wait_tokens_left(&app.address, ME, 3).await;
         let rate_before = super::limits(&app.address, ME).await["remaining"].clone();
@@ -118,7 +108,7 @@ crate::both_stores! {
             c.rate_limit_burst = Some(10);
         })
         .await;
-        app.mock.always(costing("ok", 10));
+        app.mock.always(costing(10, "stop"));
 
         for _ in 0..5 {
             let limits = limits_for(&app.address, ME, &[("q", "hi")]).await;
@@ -171,7 +161,7 @@ crate::both_stores! {
     async fn api_limits_counts_a_follow_ups_history_in_the_question_as_the_stream_does() {
         let app = spawn_app_with(budget(300, 100)).await;
         // 1 000 characters of answer: about 250 tokens of history in a follow-up's prompt.
-        app.mock.always(costing(&"a".repeat(1000), 10));
+        app.mock.always(costing_with(&"a".repeat(1000), 10, "stop"));
         let first = ask(&app.address, ME, "hi").await;
         assert_eq!(first.status, 200);
         let conversation = first.opening.as_ref().expect("an opening event").json()["conversation"]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::json;
 
-use super::{ask, budget, tokens_left, wait_tokens_left};
+use super::{ask, budget, costing, tokens_left, wait_tokens_left};
 use crate::{
     auth::{claims, hs256, with_secret},
     helpers::{DEADLINE, SseReader, spawn_app_with},
@@ -51,12 +51,7 @@ async fn an_instance_killed_mid_answer_keeps_its_reservation_spent() {
     let redis = RedisServer::start().await;
     let mock = MockUpstream::start().await;
     mock.then_reply(Reply::sse(vec![openai::token("held")]).then(End::Hang));
-    mock.always(Reply::sse(vec![
-        openai::token("ok"),
-        openai::finish("stop"),
-        openai::usage(3, 10),
-        openai::done(),
-    ]));
+    mock.always(costing(10, "stop"));
     let flags = [
         "--token-budget",
         "1000",
@@ -94,12 +89,7 @@ async fn with_redis_stopped_each_instance_keeps_the_budget_on_its_own_and_shares
     let mut redis = RedisServer::start().await;
     let mock = MockUpstream::start().await;
     // Each answer reports 200 tokens: the whole budget.
-    mock.always(Reply::sse(vec![
-        openai::token("ok"),
-        openai::finish("stop"),
-        openai::usage(3, 197),
-        openai::done(),
-    ]));
+    mock.always(costing(197, "stop"));
     let flags = [
         "--token-budget",
         "200",

@@ -10,22 +10,13 @@ use std::{
     time::Duration,
 };
 
+use crate::certs::Certs;
 use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpListener,
     sync::oneshot,
 };
-use tokio_rustls::{
-    TlsAcceptor,
-    rustls::{
-        ServerConfig,
-        crypto::aws_lc_rs,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    },
-};
-
-use crate::certs::Certs;
 
 /// One answer the mock gave.
 #[derive(Debug, Clone)]
@@ -68,7 +59,7 @@ impl MockH2 {
 
     async fn serve(max_streams: u32, alpn: &[&[u8]]) -> Self {
         let certs = Certs::make();
-        let acceptor = acceptor(&certs, alpn);
+        let acceptor = certs.acceptor(alpn);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!(
             "https://127.0.0.1:{}/v1",
@@ -127,22 +118,6 @@ impl MockH2 {
             .send(())
             .unwrap();
     }
-}
-
-fn acceptor(certs: &Certs, alpn: &[&[u8]]) -> TlsAcceptor {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certs.cert)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(&certs.key).unwrap();
-    let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    TlsAcceptor::from(Arc::new(config))
 }
 
 /// The answer the question asks for, by its word `t<tokens>g<gap ms>`: `(tokens, gap)`.

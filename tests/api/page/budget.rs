@@ -3,16 +3,7 @@
 //! service's budget refusal said in words.
 
 use super::*;
-
-/// An answer that reports `completion` tokens of usage (and 3 of prompt), ending with `reason`.
-fn costing(completion: u64, reason: &str) -> Reply {
-    Reply::sse(vec![
-        openai::token("ok"),
-        openai::finish(reason),
-        openai::usage(3, completion),
-        openai::done(),
-    ])
-}
+use crate::budgets::costing;
 
 #[tokio::test]
 async fn the_page_shows_the_budget_left_after_each_answer_and_says_when_it_cut_one_short() {
